@@ -1,0 +1,121 @@
+"""One SentencePiece tokenizer for every model: train, load, encode, decode.
+
+Fixed ids: 0 <pad>, 1 <unk>, 2 <s> (bos), 3 </s> (eos), 4 <sep> (between dialogue turns), 5 <unk> as it
+appears literally in WikiText ("<unk>" in the text stays one symbol instead of five characters).
+Byte fallback: a character the vocabulary lacks becomes its UTF-8 bytes, so no input is ever unknown.
+The normaliser is the identity and whitespace is kept, so decode(encode(text)) == text.
+
+    python -m nlp tokenizer train --corpus wikitext2 --corpus chitchat --vocab-size 8000 --out tok.model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS, SEP = 0, 1, 2, 3, 4
+SEP_PIECE = "<sep>"
+LITERAL_UNK = "<unk>"  # WikiText's own marker for rare words, kept as one ordinary symbol
+
+
+class TokenizerError(Exception):
+    pass
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with this project's fixed special ids."""
+
+    def __init__(self, model_bytes: bytes):
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(model_bytes)
+        except Exception as e:
+            raise TokenizerError(f"not a SentencePiece model ({e})") from None
+        self.model_bytes = model_bytes
+        if self.sp.piece_to_id(SEP_PIECE) != SEP or self.sp.pad_id() != PAD or self.sp.eos_id() != EOS:
+            raise TokenizerError("this SentencePiece model lacks the project's fixed special ids")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise TokenizerError(f"cannot read tokenizer {path}: {e.strerror}") from None
+        return cls(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.model_bytes)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        # Special ids are dropped from text: bos/eos/pad/sep mark structure, not characters.
+        return self.sp.decode([int(i) for i in ids if int(i) > SEP])
+
+    def piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Human-readable token strings, e.g. for attention maps."""
+        return [self.sp.id_to_piece(int(i)).replace("\u2581", " ") for i in ids]
+
+    def encode_turns(self, turns: list[str], max_len: int) -> list[int]:
+        """Dialogue context: turns joined by <sep>, oldest first, trimmed from the oldest end to max_len."""
+        ids: list[int] = []
+        for k, turn in enumerate(turns):
+            if k:
+                ids.append(SEP)
+            ids.extend(self.encode(turn))
+        return ids[-max_len:] if max_len > 0 else ids
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, input_sentence_size: int = 2_000_000,
+                    model_type: str = "unigram", seed: int = 0) -> Tokenizer:
+    """Train on an iterable of sentences; big corpora are sampled down to input_sentence_size."""
+
+    def lines() -> Iterator[str]:
+        for t in texts:
+            t = t.strip("\n")
+            if t.strip():
+                yield t
+
+    import io
+
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, unk_piece="<unk_sp>",
+            control_symbols=[SEP_PIECE], user_defined_symbols=[LITERAL_UNK], byte_fallback=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+            character_coverage=0.9995, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            max_sentence_length=16384, hard_vocab_limit=False, num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise TokenizerError(f"SentencePiece training failed: {e}") from None
+    return Tokenizer(buf.getvalue())
+
+
+def corpus_texts(dd) -> Iterator[str]:
+    """Every text of a corpus's train split, whatever its task (dialogue turns included)."""
+    from nlp.corpora import task_of
+
+    ds = dd["train"]
+    if task_of(ds) == "chat":
+        for row in ds:
+            if len(row["context"]) == 1:  # a conversation's opening turn is no earlier pair's response
+                yield row["context"][0]
+            yield row["response"]
+    else:
+        yield from ds["text"]
