@@ -29,9 +29,9 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -349,7 +349,8 @@ def load_local(path: Path) -> DatasetDict:
     except CorpusError:
         raise
     except Exception as e:  # datasets raises many types for a malformed file
-        raise CorpusError(f"{path}: could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CorpusError(f"{path}: could not be read: {first}") from None
     return split_any(normalise(ds, str(path)), str(path))
 
 
@@ -369,6 +370,14 @@ def load_hub(spec: str) -> DatasetDict:
 
 
 # --------------------------------------------------------------------------- entry points
+def source_of(name: str) -> str:
+    """Provenance line of a registry corpus (package, version, archive hash), for checkpoint configs."""
+    if name not in REGISTRY:
+        return name
+    p = REGISTRY[name].package
+    return f"{p.name}=={p.version} sha256:{p.sha256}"
+
+
 def built_path(name: str) -> Path:
     return cache_dir() / "corpora" / f"{name}-{CACHE_VERSION}"
 

@@ -1,7 +1,8 @@
 """One SentencePiece tokenizer for every model: train, load, encode, decode.
 
-Fixed ids: 0 <pad>, 1 <unk>, 2 <s> (bos), 3 </s> (eos), 4 <sep> (between dialogue turns), 5 <unk> as it
-appears literally in WikiText ("<unk>" in the text stays one symbol instead of five characters).
+Fixed ids: 0 <pad>, 1 <unk_sp> (never produced: byte fallback), 2 <s> (bos), 3 </s> (eos), 4 <sep> (between
+dialogue turns; a control symbol, so a user who types "<sep>" gets characters, not a separator), 5 <unk> as
+it appears literally in WikiText ("<unk>" in the text stays one symbol instead of five characters).
 Byte fallback: a character the vocabulary lacks becomes its UTF-8 bytes, so no input is ever unknown.
 The normaliser is the identity and whitespace is kept, so decode(encode(text)) == text.
 
@@ -10,8 +11,8 @@ The normaliser is the identity and whitespace is kept, so decode(encode(text)) =
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
@@ -38,7 +39,7 @@ class Tokenizer:
             raise TokenizerError("this SentencePiece model lacks the project's fixed special ids")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
@@ -71,12 +72,16 @@ class Tokenizer:
 
     def encode_turns(self, turns: list[str], max_len: int) -> list[int]:
         """Dialogue context: turns joined by <sep>, oldest first, trimmed from the oldest end to max_len."""
-        ids: list[int] = []
-        for k, turn in enumerate(turns):
-            if k:
-                ids.append(SEP)
-            ids.extend(self.encode(turn))
-        return ids[-max_len:] if max_len > 0 else ids
+        return join_turns(self.encode_batch(list(turns)), max_len)
+
+
+def join_turns(turn_ids: list[list[int]], max_len: int) -> list[int]:
+    ids: list[int] = []
+    for k, turn in enumerate(turn_ids):
+        if k:
+            ids.append(SEP)
+        ids.extend(turn)
+    return ids[-max_len:] if max_len > 0 else ids
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, input_sentence_size: int = 2_000_000,

@@ -1,0 +1,306 @@
+"""`python -m nlp <command>`: corpora, tokenizer, train, eval, generate, chat, sentiment.
+
+    python -m nlp corpora list
+    python -m nlp corpora show wikitext2
+    python -m nlp tokenizer train --corpus wikitext2 --corpus chitchat --vocab-size 8000 --out tok.model
+    python -m nlp train --config configs/lm.toml
+    python -m nlp eval --checkpoint checkpoints/lm --corpus wikitext2 --split test --json
+    python -m nlp generate --checkpoint checkpoints/lm --prompt "The history of" --seed 1
+    python -m nlp chat --checkpoint checkpoints/chat
+    python -m nlp sentiment --checkpoint checkpoints/sentiment "What a wonderful film."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nlp.checkpoint import CheckpointError
+from nlp.corpora import CorpusError
+from nlp.decoding import GenerationConfig, GenerationError
+from nlp.models import ConfigError
+from nlp.tokenizer import TokenizerError
+
+MAX_INPUT_CHARS = 20_000  # longer prompts are refused with a message, not silently cut
+
+
+def add_generation_args(p: argparse.ArgumentParser, strategy: str = "sample") -> None:
+    d = GenerationConfig()
+    g = p.add_argument_group("decoding")
+    g.add_argument("--strategy", choices=["greedy", "sample", "beam"], default=strategy,
+                   help=f"how to pick each token (default {strategy})")
+    g.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"lower = more predictable, higher = more varied; 0 = greedy (default {d.temperature})")
+    g.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most likely tokens; 0 = all")
+    g.add_argument("--top-p", type=float, default=d.top_p,
+                   help=f"sample among the most likely tokens that together reach p (default {d.top_p})")
+    g.add_argument("--min-p", type=float, default=d.min_p,
+                   help="drop tokens less likely than min-p x the most likely one (default 0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help="> 1 discourages tokens already in the text (default 1 = off)")
+    g.add_argument("--no-repeat-ngram", type=int, default=d.no_repeat_ngram_size,
+                   help="never repeat an n-gram of this size (default 0 = off)")
+    g.add_argument("--num-beams", type=int, default=d.num_beams, help="beams for --strategy beam")
+    g.add_argument("--length-penalty", type=float, default=d.length_penalty,
+                   help="beam score = log-prob / length ** this (default 1)")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="stop after this many tokens")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
+
+
+def generation_config(a: argparse.Namespace, **extra) -> GenerationConfig:
+    return GenerationConfig(strategy=a.strategy, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                            min_p=a.min_p, repetition_penalty=a.repetition_penalty,
+                            no_repeat_ngram_size=a.no_repeat_ngram, num_beams=a.num_beams,
+                            length_penalty=a.length_penalty, max_new_tokens=a.max_new_tokens, **extra)
+
+
+def check_text(text: str, what: str = "input") -> str:
+    if "\x00" in text:
+        raise GenerationError(f"the {what} contains NUL bytes: is it a binary file?")
+    if len(text) > MAX_INPUT_CHARS:
+        raise GenerationError(f"the {what} has {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}")
+    return text
+
+
+def load(path: str, task: str, impl: str | None = None):
+    from nlp.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path, impl=impl)
+    if ck.task != task:
+        raise CheckpointError(f"{path} holds a {ck.task} model, this command needs a {task} model")
+    return ck
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_corpora(a) -> int:
+    from nlp import corpora
+
+    if a.action == "list":
+        for spec in corpora.REGISTRY.values():
+            print(f"{spec.name:14} {spec.task:9} {spec.package.name}=={spec.package.version:8} {spec.description}")
+        print("\nalso: hf:NAME[:CONFIG] (Hugging Face hub) and local .txt/.csv/.tsv/.jsonl files")
+        return 0
+    if not a.name:
+        raise CorpusError("corpora show needs a NAME")
+    if a.name in corpora.REGISTRY:
+        dd, info = corpora.load_named(a.name)
+    else:
+        dd, info = corpora.load_corpus(a.name), {"name": a.name}
+    out = {"info": info, "splits": corpora.summary(dd), "examples": corpora.examples(dd, a.n)}
+    if a.json:
+        print(json.dumps(out, indent=1, ensure_ascii=False))
+        return 0
+    for k, v in info.items():
+        print(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}")
+    print("\nsplit        " + "  ".join(f"{k:>15}" for k in next(iter(out["splits"].values()))))
+    for split, s in out["splits"].items():
+        print(f"{split:12} " + "  ".join(f"{v:>15,}" for v in s.values()))
+    print("\nexamples (train):")
+    for ex in out["examples"]:
+        print("  " + json.dumps(ex, ensure_ascii=False)[:300])
+    return 0
+
+
+def cmd_tokenizer(a) -> int:
+    from nlp.corpora import load_corpus
+    from nlp.tokenizer import corpus_texts, train_tokenizer
+
+    texts = (t for name in a.corpus for t in corpus_texts(load_corpus(name)))
+    tok = train_tokenizer(texts, vocab_size=a.vocab_size, input_sentence_size=a.input_sentence_size)
+    tok.save(a.out)
+    print(f"wrote {a.out}: {tok.vocab_size} pieces")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from nlp.evaluate import evaluate, record
+
+    ck = load(a.checkpoint, task=_task_of_checkpoint(a.checkpoint))
+    gen = generation_config(a) if ck.task == "chat" else None
+    result = evaluate(ck, a.corpus, a.split, a.max_examples, gen, seed=a.seed or 0)
+    where = record(result, Path(a.checkpoint), Path(a.output) if a.output else None)
+    if a.json:
+        print(json.dumps(result, indent=1, ensure_ascii=False))
+    else:
+        for k, v in result["metrics"].items():
+            if not isinstance(v, (list, dict)):
+                print(f"{k:24} {v:.4f}" if isinstance(v, float) else f"{k:24} {v}")
+        for name, b in result["baselines"].items():
+            print(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.items() if isinstance(v, float)))
+    print(f"written to {where}", file=sys.stderr)
+    return 0
+
+
+def _task_of_checkpoint(path: str) -> str:
+    from nlp.checkpoint import read_config
+
+    return read_config(path)["task"]
+
+
+def cmd_generate(a) -> int:
+    from nlp.decoding import generate, make_generator
+
+    ck = load(a.checkpoint, "lm", a.impl)
+    prompt = check_text(a.prompt, "prompt")
+    cfg = generation_config(a, stop_at_eos=not a.multiline)
+    ids = ck.tokenizer.encode(prompt)
+    for n in range(a.num_samples):
+        g = make_generator(None if a.seed is None else a.seed + n)
+        if a.num_samples > 1:
+            print(f"--- sample {n + 1}")
+        sys.stdout.write(prompt)
+        for piece in generate(ck.model, ck.tokenizer, ids, cfg, g):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(a) -> int:
+    from nlp.decoding import generate, make_generator
+
+    ck = load(a.checkpoint, "chat", a.impl)
+    cfg = generation_config(a)
+    turns_kept = ck.config.get("train", {}).get("context_turns", 3)
+    max_src = ck.config.get("train", {}).get("max_src_len", 96)
+    g = make_generator(a.seed)
+    history: list[str] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat with the model; /reset starts over, /quit or Ctrl-D leaves")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            history = []
+            print("(new conversation)")
+            continue
+        if not line:
+            continue
+        try:
+            check_text(line, "message")
+        except GenerationError as e:
+            print(f"({e})")
+            continue
+        history.append(line)
+        ids = ck.tokenizer.encode_turns(history[-turns_kept:], max_src)
+        sys.stdout.write("bot> ")
+        reply = ""
+        for piece in generate(ck.model, ck.tokenizer, ids, cfg, g):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append(reply)
+    return 0
+
+
+def cmd_sentiment(a) -> int:
+    from nlp.evaluate import classify
+
+    ck = load(a.checkpoint, "sentiment", a.impl)
+    texts = list(a.text)
+    if a.file:
+        raw = Path(a.file).read_bytes()
+        if b"\x00" in raw:
+            raise GenerationError(f"{a.file} looks binary (NUL bytes); give a UTF-8 text file, one text a line")
+        try:
+            texts += [t for t in raw.decode("utf-8-sig").splitlines() if t.strip()]
+        except UnicodeDecodeError:
+            raise GenerationError(f"{a.file} is not UTF-8 text") from None
+    if not texts:
+        raise GenerationError("give some text, or --file with one text a line")
+    for t in texts:
+        check_text(t, "text")
+    names = {0: "negative", 1: "positive"}
+    for text, r in zip(texts, classify(ck, texts)):
+        if a.json:
+            print(json.dumps({"text": text, **r}, ensure_ascii=False))
+        else:
+            rating = f"  rating {r['rating']:+.2f}" if "rating" in r else ""
+            print(f"{names[r['label']]:8} p={r['probability']:.3f}{rating}  {text[:100]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv[:1] == ["train"]:  # the trainer owns its (generated) options
+        from nlp.train import run
+        return _guard(lambda: run(argv[1:]))
+    p = argparse.ArgumentParser(prog="python -m nlp", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("corpora", help="list the named corpora, or show one's splits and examples")
+    c.add_argument("action", choices=["list", "show"])
+    c.add_argument("name", nargs="?", help="corpus name, hf:NAME or a file (for show)")
+    c.add_argument("--n", type=int, default=3, help="examples to print")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(fn=cmd_corpora)
+
+    t = sub.add_parser("tokenizer", help="train the SentencePiece tokenizer")
+    t.add_argument("action", choices=["train"])
+    t.add_argument("--corpus", action="append", required=True, help="a corpus to learn from (repeatable)")
+    t.add_argument("--vocab-size", type=int, default=8000, help="number of pieces (default 8000)")
+    t.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
+    t.add_argument("--out", required=True, help="where to write tokenizer.model")
+    t.set_defaults(fn=cmd_tokenizer)
+
+    sub.add_parser("train", help="train a model (python -m nlp train --help)")
+
+    e = sub.add_parser("eval", help="metrics and baselines of a checkpoint on a corpus split")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    e.add_argument("--corpus", required=True, help="corpus name, hf:NAME or file")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split")
+    e.add_argument("--max-examples", type=int, default=0, help="evaluate on this many rows (0 = all)")
+    e.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    e.add_argument("--output", help="write the JSON here instead of CHECKPOINT/metrics.json")
+    add_generation_args(e)
+    e.set_defaults(fn=cmd_eval)
+
+    for name, fn, helptext in [("generate", cmd_generate, "continue a prompt with the language model"),
+                               ("chat", cmd_chat, "talk to the chat model (reads lines from stdin)"),
+                               ("sentiment", cmd_sentiment, "classify texts with the sentiment model")]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--checkpoint", required=True, help="checkpoint folder")
+        s.add_argument("--impl", choices=["fused", "cells"], default=None,
+                       help="run on the fused LSTM (default) or on the cells written from the equations")
+        if name == "generate":
+            s.add_argument("--prompt", default="", help="text to continue")
+            s.add_argument("--num-samples", type=int, default=1, help="how many continuations")
+            s.add_argument("--multiline", action="store_true", help="go on past the end of a line")
+        if name == "sentiment":
+            s.add_argument("text", nargs="*", help="texts to classify")
+            s.add_argument("--file", help="a UTF-8 text file, one text a line")
+            s.add_argument("--json", action="store_true", help="one JSON object a line, with attention")
+        else:
+            add_generation_args(s, "sample")
+        s.set_defaults(fn=fn)
+
+    a = p.parse_args(argv)
+    return _guard(lambda: a.fn(a))
+
+
+def _guard(fn) -> int:
+    """Known failures print one line and exit 2; no traceback for bad input."""
+    try:
+        return fn()
+    except (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError, ValueError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

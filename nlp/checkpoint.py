@@ -1,0 +1,236 @@
+"""A checkpoint is a folder: model.safetensors + config.json + tokenizer.model (+ metrics.json, train_log.jsonl).
+
+Nothing here goes through pickle: tensors are safetensors, everything else JSON. Each file is written under
+a temporary name and renamed into place, config.json last; config.json records the sha256 of the weights
+and the tokenizer, so a folder left half-written by a crash is detected on load rather than half-loaded.
+Weights may be stored in float16 (half the size) and are loaded back as float32.
+
+Training state for --resume (optimizer, scheduler, RNG, position) lives in `resume/` inside the run folder,
+in the same two formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nlp.models import ConfigError, build_model
+from nlp.tokenizer import Tokenizer, TokenizerError
+
+FORMAT = 1
+WEIGHTS, CONFIG, TOKENIZER, METRICS, LOG = "model.safetensors", "config.json", "tokenizer.model", "metrics.json", \
+    "train_log.jsonl"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, damaged or does not fit its config; the message says which and what to do."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without the second name of tied tensors (safetensors stores each tensor once)."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, extra: dict | None = None,
+                    half: bool = False) -> Path:
+    """Write the model, its tokenizer and config.json (model config + `extra`: training config, provenance)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = unique_state(model)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    tensors = {k: v.cpu() for k, v in state.items()}
+    tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp))
+    weights_sha = _sha256(tmp.read_bytes())
+    os.replace(tmp, path / WEIGHTS)
+    write_atomic(path / TOKENIZER, tokenizer.model_bytes)
+    config = {"format": FORMAT, "task": model.task, "model": model.config_dict(),
+              "dtype": "float16" if half else "float32",
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "files": {WEIGHTS: weights_sha, TOKENIZER: _sha256(tokenizer.model_bytes)},
+              "tokenizer": {"vocab_size": tokenizer.vocab_size},
+              "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, **(extra or {})}
+    write_json(path / CONFIG, config)
+    return path
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    task: str
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: dict
+    metrics: dict | None
+
+
+def rebuild_hint(path: Path) -> str:
+    return (f"rebuild it with `python -m nlp train --config configs/<task>.toml --out {path}` "
+            "(see README: Retraining)")
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        what = "no checkpoint" if not path.exists() else f"no {CONFIG}"
+        raise CheckpointError(f"{what} at {path}: {rebuild_hint(path)}")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / CONFIG} is not valid JSON ({e}): {rebuild_hint(path)}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "task" not in config or "model" not in config:
+        raise CheckpointError(f"{path / CONFIG} is not a format-{FORMAT} checkpoint config: {rebuild_hint(path)}")
+    return config
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: str | None = None) -> Checkpoint:
+    """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line."""
+    path = Path(path)
+    config = read_config(path)
+    files = {}
+    for name in (WEIGHTS, TOKENIZER):
+        try:
+            files[name] = (path / name).read_bytes()
+        except OSError:
+            raise CheckpointError(f"{path} has no readable {name}: {rebuild_hint(path)}") from None
+        want = config.get("files", {}).get(name)
+        if want and _sha256(files[name]) != want:
+            raise CheckpointError(f"{path / name} does not match its config (damaged or half-written): "
+                                  f"{rebuild_hint(path)}")
+    try:
+        tokenizer = Tokenizer(files[TOKENIZER])
+    except TokenizerError as e:
+        raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
+    model_cfg = dict(config["model"])
+    if impl:
+        model_cfg["impl"] = impl
+    try:
+        model = build_model(config["task"], model_cfg)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(f"{path}: the model has {model.config.vocab_size} tokens but the tokenizer "
+                              f"{tokenizer.vocab_size}")
+    try:
+        from safetensors.torch import load as load_bytes
+        tensors = load_bytes(files[WEIGHTS])
+    except Exception as e:  # safetensors raises its own error and others on a damaged header
+        raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e}): {rebuild_hint(path)}") \
+            from None
+    expected = model.state_dict()
+    tied = set(expected) - set(unique_state(model))
+    missing = set(expected) - set(tensors) - tied
+    unexpected = set(tensors) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path / WEIGHTS} does not fit the config: missing {sorted(missing)[:4]}, "
+                              f"unexpected {sorted(unexpected)[:4]}")
+    for k, t in tensors.items():
+        if t.shape != expected[k].shape:
+            raise CheckpointError(f"{path / WEIGHTS}: {k} has shape {tuple(t.shape)}, the config needs "
+                                  f"{tuple(expected[k].shape)}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)
+    model.to(device).eval()
+    metrics = None
+    if (path / METRICS).is_file():
+        try:
+            metrics = json.loads((path / METRICS).read_text())
+        except ValueError:
+            metrics = None  # metrics are informative; a damaged file does not stop the model from serving
+    return Checkpoint(path, config["task"], model, tokenizer, config, metrics)
+
+
+# --------------------------------------------------------------------------- training state (resume)
+def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
+    for idx, st in opt_state["state"].items():
+        meta["state"][str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["state"][str(idx)][k] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict = {int(i): dict(v) for i, v in meta["state"].items()}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = t
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict) -> None:
+    """Everything --resume needs, without pickle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.cpu() for k, v in unique_state(model).items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    tmp = folder / f".state.safetensors.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / "state.safetensors")
+    sched = scheduler.state_dict() if scheduler is not None else None
+    if sched is not None:
+        sched = {k: v for k, v in sched.items() if k != "lr_lambdas"}  # functions are rebuilt from the config
+    write_json(folder / "state.json", {"optimizer": opt_meta, "scheduler": sched, **info})
+
+
+def load_training_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    try:
+        info = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"cannot resume from {folder}: {e}") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(model_state, strict=False)
+    tied = set(model.state_dict()) - set(unique_state(model))
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"cannot resume from {folder}: its model does not match this configuration")
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, info["optimizer"]))
+    if scheduler is not None and info.get("scheduler"):
+        scheduler.load_state_dict({**scheduler.state_dict(), **info["scheduler"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    return info

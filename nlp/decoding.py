@@ -1,0 +1,301 @@
+"""Decoding for the LM and the chat decoder: greedy, sampling, beam search, streaming.
+
+Both models offer the same step interface (see `nlp.models`): `prime()` below turns a prompt into the
+first next-token log-probabilities and a state, and `model.step(tokens, state)` advances one token.
+
+Sampling controls, applied in this order to the next-token scores:
+  repetition_penalty   scores of tokens already in the text are multiplied by it (log-probs are <= 0, so a
+                       penalty > 1 makes them less likely; the CTRL rule, Keskar et al. 2019)
+  no_repeat_ngram_size a token that would complete an n-gram already in the text is banned
+  temperature          divides the scores: < 1 sharper and more predictable, > 1 flatter; 0 means greedy
+  top_k                keep the k most likely tokens (0 = all)
+  top_p                keep the smallest set whose probability reaches p (nucleus sampling, Holtzman 2020)
+  min_p                drop tokens less likely than min_p times the most likely one
+Every call takes its own `torch.Generator`: a seed reproduces a sample and sessions never share RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from nlp.tokenizer import BOS, EOS, Tokenizer
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+class GenerationError(ValueError):
+    pass
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "sample"          # greedy | sample | beam
+    max_new_tokens: int = 60
+    temperature: float = 0.8          # lower = more predictable; 0 = always the most likely token
+    top_k: int = 0                    # 0 = no limit
+    top_p: float = 0.9                # 1.0 = no limit
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0   # 1.0 = off
+    no_repeat_ngram_size: int = 0     # 0 = off
+    num_beams: int = 4
+    length_penalty: float = 1.0       # beam score = log-prob / length ** length_penalty
+    num_return_sequences: int = 1     # n-best for beam search
+    stop_at_eos: bool = True          # the LM's end of line; when False it becomes a newline
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise GenerationError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+                  (self.temperature >= 0, "temperature must be >= 0"),
+                  (self.top_k >= 0, "top_k must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+                  (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
+                  (self.num_beams >= 1, "num_beams must be >= 1"),
+                  (1 <= self.num_return_sequences <= max(1, self.num_beams),
+                   "num_return_sequences must be between 1 and num_beams")]
+        for ok, msg in checks:
+            if not ok:
+                raise GenerationError(msg)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GenerationConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+def make_generator(seed: int | None = None, device: str | torch.device = "cpu") -> torch.Generator:
+    """A private RNG: seeded for reproducible samples, from the OS when seed is None."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    return g
+
+
+# --------------------------------------------------------------------------- score processing
+def banned_ngram_tokens(history: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in history."""
+    if n <= 0 or len(history) < n - 1:
+        return set()
+    if n == 1:
+        return set(history)
+    prefix = tuple(history[len(history) - n + 1:])
+    return {history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix}
+
+
+def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig) -> Tensor:
+    """Repetition penalty and n-gram bans on log-probs (K, V), one history per row."""
+    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size:
+        return scores
+    scores = scores.clone()
+    for row, hist in enumerate(histories):
+        if cfg.repetition_penalty != 1.0 and hist:
+            seen = torch.tensor(sorted(set(hist)), device=scores.device)
+            s = scores[row, seen]
+            scores[row, seen] = torch.where(s < 0, s * cfg.repetition_penalty, s / cfg.repetition_penalty)
+        banned = banned_ngram_tokens(hist, cfg.no_repeat_ngram_size)
+        if banned:
+            scores[row, list(banned)] = float("-inf")
+    return scores
+
+
+def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:
+    """Temperature, top-k, top-p and min-p on (K, V) scores; what is cut becomes -inf."""
+    scores = scores / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(scores, min(cfg.top_k, scores.shape[-1]), -1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, -1, descending=True)
+        probs = torch.softmax(sorted_scores, -1)
+        before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+        drop_sorted = before >= cfg.top_p   # the top token always stays (its 'before' is 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    if cfg.min_p > 0:
+        probs = torch.softmax(scores, -1)
+        scores = scores.masked_fill(probs < cfg.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return scores
+
+
+def choose(scores: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    """(K, V) adjusted log-probs -> (K,) next tokens."""
+    if cfg.strategy == "greedy" or cfg.temperature == 0:
+        return scores.argmax(-1)
+    probs = torch.softmax(filter_scores(scores, cfg), -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- the loops
+def prime(model, prompt_ids: list[int]) -> tuple[Tensor, dict]:
+    """First next-token log-probs (1, V) and state, for either model.
+
+    LM: the prompt is encoded in one fused call, after an EOS, since training text is lines that each end in
+    EOS (so an empty prompt starts a fresh line). Chat: the prompt is the encoder input; the decoder starts
+    from BOS.
+    """
+    device = next(model.parameters()).device
+    if model.task == "lm":
+        return model.start(torch.tensor([[EOS, *prompt_ids]], dtype=torch.long, device=device))
+    if not prompt_ids:
+        raise GenerationError("the chat model needs a non-empty message")
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    state = model.start(ids)
+    return model.step(torch.tensor([BOS], device=ids.device), state)
+
+
+@torch.no_grad()
+def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator: torch.Generator | None = None,
+                  trace: list | None = None) -> Iterator[int]:
+    """Greedy or sampled continuation, one token id at a time (EOS is yielded only when stop_at_eos=False).
+
+    `trace`, when given, receives the decoder's attention row (S,) of each yielded token (chat model only).
+    """
+    model.eval()
+    log_probs, state = prime(model, prompt_ids)
+    history = list(prompt_ids) if model.task == "lm" else []
+    for _ in range(cfg.max_new_tokens):
+        tok = int(choose(adjust(log_probs, [history], cfg), cfg, generator)[0])
+        if tok == EOS and cfg.stop_at_eos:
+            return
+        if trace is not None and "attn" in state:
+            trace.append(state["attn"][0].cpu())
+        yield tok
+        history.append(tok)
+        log_probs, state = model.step(torch.tensor([tok], device=log_probs.device), state)
+
+
+def _reorder(state: dict, idx: Tensor) -> dict:
+    return {k: v.index_select(0, idx) for k, v in state.items()}
+
+
+@torch.no_grad()
+def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tuple[list[int], float]]:
+    """n-best (token ids without EOS, length-normalised log-prob), best first."""
+    model.eval()
+    K = cfg.num_beams
+    log_probs, state = prime(model, prompt_ids)
+    prefix = list(prompt_ids) if model.task == "lm" else []
+    beams: list[list[int]] = [[]]
+    scores = torch.zeros(1, device=log_probs.device)
+    finished: list[tuple[list[int], float]] = []
+
+    def normalised(score: float, length: int) -> float:
+        return score / (max(length, 1) ** cfg.length_penalty)
+
+    for step in range(cfg.max_new_tokens):
+        lp = adjust(log_probs, [prefix + b for b in beams], cfg)
+        cand = (scores.unsqueeze(1) + lp).view(-1)
+        top = torch.topk(cand, min(2 * K, cand.numel()))
+        keep_rows, keep_toks, keep_scores = [], [], []
+        for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+            if math.isinf(score):
+                break
+            row, tok = divmod(flat, lp.shape[1])
+            if tok == EOS:
+                finished.append((beams[row], normalised(score, len(beams[row]) + 1)))
+            else:
+                keep_rows.append(row)
+                keep_toks.append(tok)
+                keep_scores.append(score)
+            if len(keep_rows) == K:
+                break
+        if len(finished) >= K or not keep_rows:
+            break
+        idx = torch.tensor(keep_rows, device=scores.device)
+        beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_toks)]
+        scores = torch.tensor(keep_scores, device=scores.device)
+        if step == cfg.max_new_tokens - 1:
+            break
+        log_probs, state = model.step(torch.tensor(keep_toks, device=idx.device), _reorder(state, idx))
+    if len(finished) < K:  # out of steps: unfinished beams compete too
+        finished += [(b, normalised(float(s), len(b))) for b, s in zip(beams, scores.tolist())]
+    finished.sort(key=lambda x: -x[1])
+    return finished[:cfg.num_return_sequences]
+
+
+# --------------------------------------------------------------------------- text
+def decode_text(tokenizer: Tokenizer, ids: list[int], prompt_ids: list[int] = ()) -> str:
+    """Text of `ids` as it continues `prompt_ids` (so a leading space survives); EOS reads as a newline."""
+    def text(seq: list[int]) -> str:
+        parts, cur = [], []
+        for i in seq:
+            if i == EOS:
+                parts.append(tokenizer.decode(cur))
+                cur = []
+            else:
+                cur.append(i)
+        return "\n".join(parts + [tokenizer.decode(cur)])
+
+    if not prompt_ids:
+        return text(list(ids))
+    head = text(list(prompt_ids))
+    full = text(list(prompt_ids) + list(ids))
+    return full[len(head):] if full.startswith(head) else full
+
+
+def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], prompt_ids: list[int] = ()) -> Iterator[str]:
+    """Text pieces as tokens arrive; joined they equal `decode_text` of all the tokens.
+
+    A piece is held back while the text ends in an incomplete UTF-8 sequence (byte-fallback tokens decode
+    to U+FFFD until the character's last byte arrives).
+    """
+    ids: list[int] = []
+    emitted = ""
+    for tok in tokens:
+        ids.append(tok)
+        text = decode_text(tokenizer, ids, prompt_ids)
+        safe = text.rstrip("\ufffd")
+        if safe.startswith(emitted) and len(safe) > len(emitted):
+            yield safe[len(emitted):]
+            emitted = safe
+    final = decode_text(tokenizer, ids, prompt_ids)
+    if final.startswith(emitted) and len(final) > len(emitted):
+        yield final[len(emitted):]
+
+
+def generate(model, tokenizer: Tokenizer, prompt_ids: list[int], cfg: GenerationConfig,
+             generator: torch.Generator | None = None, trace: list | None = None) -> Iterator[str]:
+    """Stream text for any strategy (beam search yields its best hypothesis at once)."""
+    text_prompt = prompt_ids if model.task == "lm" else []
+    if cfg.strategy == "beam":
+        best = beam_search(model, prompt_ids, cfg)[0][0]
+        yield decode_text(tokenizer, best, text_prompt)
+        return
+    yield from stream_text(tokenizer, sample_tokens(model, prompt_ids, cfg, generator, trace), text_prompt)
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+    """Greedy or sampled replies of the chat model to many contexts at once (for evaluation)."""
+    if model.task != "chat" or cfg.strategy == "beam":
+        raise GenerationError("sample_batch serves the chat model with greedy or sampling decoding")
+    from nlp.data import pad
+
+    model.eval()
+    device = next(model.parameters()).device
+    src, src_len = pad(prompts)
+    state = model.start(src.to(device), src_len)
+    B = len(prompts)
+    log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for _ in range(cfg.max_new_tokens):
+        toks = choose(adjust(log_probs, out, cfg), cfg, generator).tolist()
+        for i, t in enumerate(toks):
+            if not done[i]:
+                if t == EOS:
+                    done[i] = True
+                else:
+                    out[i].append(t)
+        if all(done):
+            break
+        log_probs, state = model.step(torch.tensor(toks, device=device), state)
+    return out

@@ -1,0 +1,345 @@
+"""The three models: LanguageModel, Seq2Seq (encoder-decoder with attention), SentimentClassifier.
+
+Each is built from a plain config dataclass (`Model.from_config(dict)`), runs on the fused `nn.LSTM`/`nn.GRU`
+by default and on the cells of `nlp.cells` with `impl="cells"` (same parameter names, so one checkpoint
+serves both). Batches are batch-first: ids (B, T). The decoding interface shared by the LM and the
+decoder is `start(...) -> state` and `step(tokens (B,), state) -> (log_probs (B, V), state)`, where a state
+is a dict of tensors with the batch in dim 0 (so beam search can reorder it without knowing the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nlp.attention import Attention
+from nlp.cells import Recurrent, step_stack
+from nlp.tokenizer import PAD
+
+FUSED = {"lstm": nn.LSTM, "gru": nn.GRU}
+MODES = {"lstm": "LSTM", "gru": "GRU"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- shared pieces
+def make_rnn(rnn_type: str, impl: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
+             bidirectional: bool = False) -> nn.Module:
+    if rnn_type not in FUSED:
+        raise ConfigError(f"rnn_type must be 'lstm' or 'gru', got {rnn_type!r}")
+    if impl not in ("fused", "cells"):
+        raise ConfigError(f"impl must be 'fused' or 'cells', got {impl!r}")
+    dropout = dropout if num_layers > 1 else 0.0
+    if impl == "cells":
+        return Recurrent(MODES[rnn_type], input_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
+                         bidirectional=bidirectional)
+    return FUSED[rnn_type](input_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
+                           bidirectional=bidirectional)
+
+
+def init_rnn(rnn: nn.Module) -> None:
+    """Orthogonal recurrent weights (per gate), Xavier input weights, zero biases, LSTM forget-gate bias 1.
+
+    Orthogonal W_hh keeps the singular values of the recurrent Jacobian near 1 at the start, so gradients
+    neither vanish nor explode over long spans; a forget bias of 1 starts the LSTM remembering.
+    """
+    is_lstm = isinstance(rnn, nn.LSTM) or getattr(rnn, "mode", "") == "LSTM"
+    H = rnn.hidden_size
+    for name, p in rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            for chunk in p.data.split(H, 0):
+                nn.init.orthogonal_(chunk)
+        elif name.startswith("weight_ih"):
+            for chunk in p.data.split(H, 0):
+                nn.init.xavier_uniform_(chunk)
+        elif name.startswith("bias"):
+            nn.init.zeros_(p)
+            if is_lstm and name.startswith("bias_ih"):
+                p.data[H:2 * H] = 1.0  # gates are (i, f, g, o): the second block is the forget gate
+
+
+def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor | None = None, hx=None):
+    """Run a batch-first stack on a padded batch, whether it is fused (packed) or built from cells."""
+    if isinstance(rnn, Recurrent):
+        return rnn(x, hx, lengths=lengths)
+    if lengths is None:
+        return rnn(x, hx)
+    packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed, hx)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out, state
+
+
+def state_to_batch_first(state) -> dict[str, Tensor]:
+    if isinstance(state, tuple):
+        return {"h": state[0].transpose(0, 1), "c": state[1].transpose(0, 1)}
+    return {"h": state.transpose(0, 1)}
+
+
+def state_from_batch_first(d: dict[str, Tensor]):
+    h = d["h"].transpose(0, 1).contiguous()
+    return (h, d["c"].transpose(0, 1).contiguous()) if "c" in d else h
+
+
+class _FromConfig:
+    Config: type
+    task: str
+
+    @classmethod
+    def from_config(cls, cfg: dict):
+        known = {f.name for f in fields(cls.Config)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+        return cls(cls.Config(**cfg))
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+# --------------------------------------------------------------------------- language model
+@dataclass
+class LMConfig:
+    vocab_size: int = 8000
+    emb_dim: int = 400            # token embedding size (= hidden_size when weights are tied)
+    hidden_size: int = 400        # per layer
+    num_layers: int = 2
+    rnn_type: str = "lstm"        # lstm | gru
+    dropout: float = 0.3          # on embeddings, between layers and before the output layer
+    tie_weights: bool = True      # output layer shares the embedding matrix (Press & Wolf 2017)
+    adaptive_cutoffs: list[int] = field(default_factory=list)  # e.g. [2000, 6000]: adaptive softmax
+    impl: str = "fused"           # fused (cuDNN / MKL-DNN) | cells (the equations in nlp/cells.py)
+
+
+class LanguageModel(nn.Module, _FromConfig):
+    Config, task = LMConfig, "lm"
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        c = self.config = config
+        if c.tie_weights and c.emb_dim != c.hidden_size:
+            raise ConfigError(f"tied weights need emb_dim == hidden_size, got {c.emb_dim} and {c.hidden_size}")
+        if c.tie_weights and c.adaptive_cutoffs:
+            raise ConfigError("tie_weights and adaptive_cutoffs cannot be combined; choose one")
+        self.embed = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=PAD)
+        self.drop = nn.Dropout(c.dropout)
+        self.rnn = make_rnn(c.rnn_type, c.impl, c.emb_dim, c.hidden_size, c.num_layers, c.dropout)
+        init_rnn(self.rnn)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        if c.adaptive_cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(c.hidden_size, c.vocab_size, list(c.adaptive_cutoffs),
+                                                          div_value=4.0)
+        else:
+            self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+            nn.init.zeros_(self.decoder.bias)
+            if c.tie_weights:
+                self.decoder.weight = self.embed.weight
+
+    def forward(self, ids: Tensor, state=None) -> tuple[Tensor, object]:
+        """ids (B, T) -> hidden (B, T, H) and the recurrent state to carry to the next window."""
+        out, state = run_rnn(self.rnn, self.drop(self.embed(ids)), hx=state)
+        return self.drop(out), state
+
+    def loss(self, ids: Tensor, targets: Tensor, state=None, label_smoothing: float = 0.0):
+        """Summed cross-entropy over targets that are not PAD: (loss_sum, n_tokens, state)."""
+        hidden, state = self(ids, state)
+        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        keep = t != PAD
+        if hasattr(self, "adaptive"):
+            out = self.adaptive(h[keep], t[keep])
+            return out.loss * keep.sum(), keep.sum(), state
+        loss = F.cross_entropy(self.decoder(h).float(), t, ignore_index=PAD, reduction="sum",
+                               label_smoothing=label_smoothing)
+        return loss, keep.sum(), state
+
+    def log_probs(self, h: Tensor) -> Tensor:
+        """h (..., H) -> log-probabilities (..., V)."""
+        if hasattr(self, "adaptive"):
+            return self.adaptive.log_prob(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:-1], -1)
+        return F.log_softmax(self.decoder(h).float(), -1)
+
+    # decoding interface ------------------------------------------------------
+    def start(self, prompt: Tensor) -> tuple[Tensor, dict]:
+        """Encode the prompt (B, T) in one fused call: log-probs for the next token and the state."""
+        hidden, state = self(prompt)
+        return self.log_probs(hidden[:, -1]), state_to_batch_first(state)
+
+    def step(self, tokens: Tensor, state: dict) -> tuple[Tensor, dict]:
+        rnn_state = state_from_batch_first(state)
+        h, rnn_state = step_stack(self.rnn, MODES[self.config.rnn_type], self.embed(tokens), rnn_state)
+        return self.log_probs(h), state_to_batch_first(rnn_state)
+
+
+# --------------------------------------------------------------------------- encoder-decoder
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int = 8000
+    emb_dim: int = 256            # embeddings, shared by encoder and decoder; also the attentional vector
+    enc_hidden: int = 256         # per direction: the encoder is a bidirectional LSTM
+    enc_layers: int = 2
+    dec_hidden: int = 512
+    dec_layers: int = 2
+    attention: str = "general"    # dot | general | concat | additive (Bahdanau)
+    input_feeding: bool = False   # feed the last attentional vector into the next step (steps in Python)
+    dropout: float = 0.2
+    tie_weights: bool = True      # output layer shares the embedding matrix
+    impl: str = "fused"           # fused | cells
+
+
+class Seq2Seq(nn.Module, _FromConfig):
+    """Bidirectional LSTM encoder -> bridge -> LSTM decoder with attention over the encoder states.
+
+    Default (Luong, no input feeding): the decoder runs over the whole target in one fused call and attends
+    from all its states at once, so training stays on cuDNN / MKL-DNN. With input feeding the attentional
+    vector of step t-1 joins the input of step t, which forces a step-by-step loop.
+    """
+    Config, task = Seq2SeqConfig, "chat"
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        c = self.config = config
+        if c.attention == "dot" and c.dec_hidden != 2 * c.enc_hidden:
+            raise ConfigError(f"dot attention needs dec_hidden == 2 * enc_hidden ({c.dec_hidden} vs "
+                              f"{2 * c.enc_hidden}); use 'general' otherwise")
+        self.embed = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=PAD)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        self.drop = nn.Dropout(c.dropout)
+        self.encoder = make_rnn("lstm", c.impl, c.emb_dim, c.enc_hidden, c.enc_layers, c.dropout, bidirectional=True)
+        dec_in = c.emb_dim * (2 if c.input_feeding else 1)
+        self.decoder = make_rnn("lstm", c.impl, dec_in, c.dec_hidden, c.dec_layers, c.dropout)
+        init_rnn(self.encoder)
+        init_rnn(self.decoder)
+        self.bridge_h = nn.Linear(2 * c.enc_hidden, c.dec_hidden)
+        self.bridge_c = nn.Linear(2 * c.enc_hidden, c.dec_hidden)
+        self.attn = Attention(c.attention, c.dec_hidden, 2 * c.enc_hidden)
+        self.combine = nn.Linear(c.dec_hidden + 2 * c.enc_hidden, c.emb_dim)  # attentional vector
+        self.out = nn.Linear(c.emb_dim, c.vocab_size)
+        nn.init.zeros_(self.out.bias)
+        if c.tie_weights:
+            self.out.weight = self.embed.weight
+
+    def encode(self, src: Tensor, src_len: Tensor) -> dict[str, Tensor]:
+        """src (B, S) -> the decoder's starting state: memory (B, S, 2He), mask, bridged h and c (B, L, Hd)."""
+        c = self.config
+        memory, (h, cell) = run_rnn(self.encoder, self.drop(self.embed(src)), src_len)
+        B = src.shape[0]
+
+        def bridge(x: Tensor, layer: nn.Linear) -> Tensor:
+            x = x.view(c.enc_layers, 2, B, c.enc_hidden)           # (layers, directions, B, He)
+            x = torch.cat([x[:, 0], x[:, 1]], -1)                   # (layers, B, 2He)
+            x = x[-c.dec_layers:] if c.enc_layers >= c.dec_layers else x[-1:].expand(c.dec_layers, -1, -1)
+            return torch.tanh(layer(x)).transpose(0, 1)             # (B, Ld, Hd)
+
+        mask = torch.arange(src.shape[1], device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
+        state = {"memory": memory, "mask": mask, "h": bridge(h, self.bridge_h), "c": bridge(cell, self.bridge_c)}
+        if c.input_feeding:
+            state["feed"] = memory.new_zeros(B, c.emb_dim)
+        return state
+
+    def _attend(self, dec_out: Tensor, state: dict) -> tuple[Tensor, Tensor]:
+        context, weights = self.attn(dec_out, state["memory"], state["mask"])
+        return torch.tanh(self.combine(torch.cat([dec_out, context], -1))), weights
+
+    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: tgt_in (B, T) starts with BOS. Returns logits (B, T, V) and attention (B, T, S)."""
+        state = self.encode(src, src_len)
+        emb = self.drop(self.embed(tgt_in))
+        if not self.config.input_feeding:
+            dec_out, _ = run_rnn(self.decoder, emb, hx=state_from_batch_first(state))
+            att, weights = self._attend(dec_out, state)
+            return self.out(self.drop(att)), weights
+        atts, ws = [], []
+        for t in range(tgt_in.shape[1]):
+            att, w, state = self._feed_step(emb[:, t], state)
+            atts.append(att)
+            ws.append(w)
+        return self.out(self.drop(torch.stack(atts, 1))), torch.stack(ws, 1)
+
+    def _feed_step(self, emb_t: Tensor, state: dict):
+        x = torch.cat([emb_t, state["feed"]], -1) if self.config.input_feeding else emb_t
+        h, (hs, cs) = step_stack(self.decoder, "LSTM", x, state_from_batch_first(state))
+        if self.training and self.config.dropout:  # the fused module's inter-layer dropout is off when stepping
+            h = self.drop(h)
+        att, w = self._attend(h, state)
+        state = {**state, **state_to_batch_first((hs, cs))}
+        if self.config.input_feeding:
+            state["feed"] = att
+        return att, w, state
+
+    def loss(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0):
+        logits, _ = self(src, src_len, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt_out.reshape(-1),
+                               ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing)
+        return loss, (tgt_out != PAD).sum()
+
+    # decoding interface ------------------------------------------------------
+    def start(self, src: Tensor, src_len: Tensor | None = None) -> dict:
+        if src_len is None:
+            src_len = torch.full((src.shape[0],), src.shape[1], dtype=torch.long)
+        return self.encode(src, src_len)
+
+    def step(self, tokens: Tensor, state: dict) -> tuple[Tensor, dict]:
+        att, w, state = self._feed_step(self.embed(tokens), state)
+        state["attn"] = w  # (B, S): where this step looked, for the attention map
+        return F.log_softmax(self.out(att).float(), -1), state
+
+
+# --------------------------------------------------------------------------- sentiment
+@dataclass
+class SentimentConfig:
+    vocab_size: int = 8000
+    emb_dim: int = 256
+    hidden_size: int = 256        # per direction
+    num_layers: int = 2
+    dropout: float = 0.3
+    attn_dim: int = 128           # size of the attention-pooling scorer
+    num_classes: int = 2
+    regression: bool = True       # a second head predicts the continuous rating
+    impl: str = "fused"
+
+
+class SentimentClassifier(nn.Module, _FromConfig):
+    """Embedding -> BiLSTM -> attention pooling -> class logits and a rating.
+
+    Attention pooling: a learned query scores every token state (additive attention), the softmax of the
+    scores weights the states into one vector; the weights are returned so the app can shade each token.
+    """
+    Config, task = SentimentConfig, "sentiment"
+
+    def __init__(self, config: SentimentConfig):
+        super().__init__()
+        c = self.config = config
+        self.embed = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=PAD)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        self.drop = nn.Dropout(c.dropout)
+        self.encoder = make_rnn("lstm", c.impl, c.emb_dim, c.hidden_size, c.num_layers, c.dropout, bidirectional=True)
+        init_rnn(self.encoder)
+        self.query = nn.Parameter(torch.zeros(1, 1, c.attn_dim))
+        self.attn = Attention("additive", c.attn_dim, 2 * c.hidden_size, c.attn_dim)
+        self.classify = nn.Linear(2 * c.hidden_size, c.num_classes)
+        self.rate = nn.Linear(2 * c.hidden_size, 1) if c.regression else None
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        out, _ = run_rnn(self.encoder, self.drop(self.embed(ids)), lengths)
+        mask = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.to(ids.device).unsqueeze(1)
+        pooled, weights = self.attn(self.query.expand(ids.shape[0], -1, -1), out, mask)
+        pooled = self.drop(pooled.squeeze(1))
+        result = {"logits": self.classify(pooled), "attention": weights.squeeze(1)}
+        if self.rate is not None:
+            result["rating"] = self.rate(pooled).squeeze(-1)
+        return result
+
+
+MODELS = {m.task: m for m in (LanguageModel, Seq2Seq, SentimentClassifier)}
+
+
+def build_model(task: str, cfg: dict) -> nn.Module:
+    if task not in MODELS:
+        raise ConfigError(f"unknown task {task!r}: use one of {list(MODELS)}")
+    return MODELS[task].from_config(cfg)
