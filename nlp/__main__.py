@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # the trainer owns its (generated) options
         from nlp.train import run
         return _guard(lambda: run(argv[1:]))
+    a = build_parser().parse_args(argv)
+    return _guard(lambda: a.fn(a))
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nlp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -285,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             add_generation_args(s, "sample")
         s.set_defaults(fn=fn)
-
-    a = p.parse_args(argv)
-    return _guard(lambda: a.fn(a))
+    return p
 
 
 def _guard(fn) -> int:

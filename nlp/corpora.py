@@ -125,7 +125,10 @@ def split_by_group(rows: list[dict], group: str, fractions=(0.9, 0.05, 0.05), se
     """Seeded split in which all rows of one group (a conversation) fall in the same split."""
     keys = sorted({r[group] for r in rows})
     random.Random(seed).shuffle(keys)
-    n_train, n_val = int(len(keys) * fractions[0]), int(len(keys) * fractions[1])
+    # held-out splits get at least one group each when there are enough, so a small corpus still validates
+    n_val = max(1, int(len(keys) * fractions[1])) if len(keys) >= 3 else 0
+    n_test = max(1, len(keys) - int(len(keys) * fractions[0]) - n_val) if len(keys) >= 3 else 0
+    n_train = len(keys) - n_val - n_test
     where = {k: 0 for k in keys[:n_train]}
     where.update({k: 1 for k in keys[n_train:n_train + n_val]})
     where.update({k: 2 for k in keys[n_train + n_val:]})
@@ -342,7 +345,7 @@ def load_local(path: Path) -> DatasetDict:
         builder = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}.get(suffix)
         if builder is None:
             raise CorpusError(f"{path}: unsupported file type {suffix!r} (use .txt, .csv, .tsv or .jsonl)")
-        kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except UnicodeDecodeError:
         raise CorpusError(f"{path}: not UTF-8 text") from None

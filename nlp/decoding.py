@@ -4,8 +4,9 @@ Both models offer the same step interface (see `nlp.models`): `prime()` below tu
 first next-token log-probabilities and a state, and `model.step(tokens, state)` advances one token.
 
 Sampling controls, applied in this order to the next-token scores:
-  repetition_penalty   scores of tokens already in the text are multiplied by it (log-probs are <= 0, so a
-                       penalty > 1 makes them less likely; the CTRL rule, Keskar et al. 2019)
+  repetition_penalty   a token already in the text has its probability divided by it (> 1 discourages
+                       repeats; the spirit of CTRL's penalty, Keskar et al. 2019, made independent of the
+                       arbitrary offset of logits by applying it to probabilities)
   no_repeat_ngram_size a token that would complete an n-gram already in the text is banned
   temperature          divides the scores: < 1 sharper and more predictable, > 1 flatter; 0 means greedy
   top_k                keep the k most likely tokens (0 = all)
@@ -97,8 +98,7 @@ def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig) ->
     for row, hist in enumerate(histories):
         if cfg.repetition_penalty != 1.0 and hist:
             seen = torch.tensor(sorted(set(hist)), device=scores.device)
-            s = scores[row, seen]
-            scores[row, seen] = torch.where(s < 0, s * cfg.repetition_penalty, s / cfg.repetition_penalty)
+            scores[row, seen] -= math.log(cfg.repetition_penalty)
         banned = banned_ngram_tokens(hist, cfg.no_repeat_ngram_size)
         if banned:
             scores[row, list(banned)] = float("-inf")

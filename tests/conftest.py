@@ -1,0 +1,66 @@
+"""Shared fixtures: a tokenizer and tiny trained checkpoints for each task, built once per test session
+from the small corpora committed under tests/fixtures (no network, no corpus downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # hub look-ups fail at once instead of retrying
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LM_TEXT = FIXTURES / "moby_dick.txt"
+CHAT = FIXTURES / "chitchat.jsonl"
+SENTIMENT = FIXTURES / "vader_amazon.tsv"
+
+TINY = {
+    "lm": ["--model.emb_dim", "32", "--model.hidden_size", "32", "--bptt", "16", "--batch-size", "8"],
+    "chat": ["--model.emb_dim", "32", "--model.enc_hidden", "24", "--model.dec_hidden", "48",
+             "--model.enc_layers", "1", "--model.dec_layers", "1", "--batch-size", "16"],
+    "sentiment": ["--model.emb_dim", "32", "--model.hidden_size", "24", "--model.num_layers", "1",
+                  "--model.attn_dim", "16", "--batch-size", "16"],
+}
+CORPUS = {"lm": LM_TEXT, "chat": CHAT, "sentiment": SENTIMENT}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Corpora built by tests go to a temporary cache, never the user's."""
+    os.environ["NLP_CACHE"] = str(tmp_path_factory.mktemp("nlp-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    from nlp.corpora import load_corpus
+    from nlp.tokenizer import corpus_texts, train_tokenizer
+
+    texts = [t for p in (LM_TEXT, CHAT, SENTIMENT) for t in corpus_texts(load_corpus(str(p)))]
+    tok = train_tokenizer(texts, vocab_size=600)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+    tok.save(path)
+    tok.path = path
+    return tok
+
+
+def train_tiny(task: str, out: Path, tokenizer_path: Path, *extra: str) -> dict:
+    from nlp.train import Trainer, resolve_config
+
+    argv = ["--task", task, "--corpus", str(CORPUS[task]), "--out", str(out), "--tokenizer", str(tokenizer_path),
+            "--log-every", "5", *TINY[task], *extra]
+    trainer = Trainer(resolve_config(argv))
+    return trainer.fit()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tokenizer):
+    """One tiny trained checkpoint per task: {"lm": Path, "chat": Path, "sentiment": Path}."""
+    out = {}
+    for task, epochs in (("lm", "2"), ("chat", "2"), ("sentiment", "3")):
+        folder = tmp_path_factory.mktemp(f"ckpt-{task}")
+        train_tiny(task, folder, tokenizer.path, "--epochs", epochs)
+        out[task] = folder
+    return out

@@ -1,0 +1,121 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from nlp import checkpoint as ckpt
+from nlp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nlp.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
+
+
+def small_lm(tokenizer, **kw):
+    torch.manual_seed(0)
+    return LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, emb_dim=16, hidden_size=16, **kw)).eval()
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    """Any attempt to unpickle during the test fails it."""
+    def refuse(*a, **k):
+        raise AssertionError("pickle was used")
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_round_trip_gives_the_same_outputs_without_pickle(tmp_path, tokenizer, no_pickle):
+    m = small_lm(tokenizer)
+    save_checkpoint(tmp_path / "c", m, tokenizer, {"train": {"lr": 1}})
+    ck = load_checkpoint(tmp_path / "c")
+    ids = torch.randint(5, tokenizer.vocab_size, (2, 7))
+    torch.testing.assert_close(ck.model(ids)[0], m(ids)[0])
+    assert ck.task == "lm" and ck.config["train"] == {"lr": 1}
+    assert ck.model.decoder.weight is ck.model.embed.weight  # tying survives the round trip
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors",
+                                                                  "tokenizer.model"]
+
+
+def test_half_precision_halves_the_file_and_loads_as_float32(tmp_path, tokenizer):
+    m = Seq2Seq(Seq2SeqConfig(vocab_size=tokenizer.vocab_size, emb_dim=16, enc_hidden=16, dec_hidden=32)).eval()
+    save_checkpoint(tmp_path / "full", m, tokenizer)
+    save_checkpoint(tmp_path / "half", m, tokenizer, half=True)
+    full, half = (tmp_path / "full" / ckpt.WEIGHTS).stat().st_size, (tmp_path / "half" / ckpt.WEIGHTS).stat().st_size
+    assert half < 0.55 * full
+    ck = load_checkpoint(tmp_path / "half")
+    assert next(ck.model.parameters()).dtype == torch.float32
+    src, tgt = torch.randint(5, 100, (1, 5)), torch.randint(5, 100, (1, 4))
+    torch.testing.assert_close(ck.model(src, torch.tensor([5]), tgt)[0], m(src, torch.tensor([5]), tgt)[0],
+                               atol=2e-2, rtol=0)
+
+
+def test_missing_checkpoint_says_how_to_rebuild(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*python -m nlp train"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "garbage_config", "wrong_format", "tampered_tokenizer",
+                                    "missing_weights", "shape_mismatch"])
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, tokenizer, damage):
+    path = tmp_path / "c"
+    save_checkpoint(path, small_lm(tokenizer), tokenizer)
+    cfg = json.loads((path / ckpt.CONFIG).read_text())
+    if damage == "truncate_weights":
+        data = (path / ckpt.WEIGHTS).read_bytes()
+        (path / ckpt.WEIGHTS).write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_config":
+        (path / ckpt.CONFIG).write_text("{not json")
+    elif damage == "wrong_format":
+        (path / ckpt.CONFIG).write_text(json.dumps({"format": 99}))
+    elif damage == "tampered_tokenizer":
+        (path / ckpt.TOKENIZER).write_bytes(b"x" * 100)
+    elif damage == "missing_weights":
+        (path / ckpt.WEIGHTS).unlink()
+    elif damage == "shape_mismatch":  # the config promises a bigger model than the weights hold
+        cfg["model"]["hidden_size"] = cfg["model"]["emb_dim"] = 32
+        del cfg["files"]
+        (path / ckpt.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_unhashed_but_corrupt_weights_are_still_caught(tmp_path, tokenizer):
+    path = tmp_path / "c"
+    save_checkpoint(path, small_lm(tokenizer), tokenizer)
+    cfg = json.loads((path / ckpt.CONFIG).read_text())
+    del cfg["files"]
+    (path / ckpt.CONFIG).write_text(json.dumps(cfg))
+    (path / ckpt.WEIGHTS).write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(path)
+
+
+def test_no_temporary_files_are_left_behind(tmp_path, tokenizer):
+    save_checkpoint(tmp_path / "c", small_lm(tokenizer), tokenizer)
+    assert not [p for p in (tmp_path / "c").iterdir() if ".tmp-" in p.name]
+
+
+def test_training_state_round_trip(tmp_path, tokenizer, no_pickle):
+    m = small_lm(tokenizer).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    ids = torch.randint(5, 100, (2, 6))
+    for _ in range(2):
+        loss = m.loss(ids[:, :-1], ids[:, 1:])[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    ckpt.save_training_state(tmp_path / "r", m, opt, sched, {"step": 2})
+    m2 = small_lm(tokenizer).train()
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    info = ckpt.load_training_state(tmp_path / "r", m2, opt2, sched2)
+    assert info["step"] == 2
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    for a, b in zip(m.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b)
+    sa, sb = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k]["exp_avg"], sb[k]["exp_avg"])

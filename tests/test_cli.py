@@ -1,0 +1,93 @@
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nlp.__main__ import main
+from tests.conftest import SENTIMENT
+
+
+def test_corpora_list_and_show(capsys):
+    assert main(["corpora", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("wikitext2", "chitchat", "cornell", "vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"):
+        assert name in out
+    assert main(["corpora", "show", str(SENTIMENT), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert sum(s["rows"] for s in shown["splits"].values()) == 400 and len(shown["examples"]) == 3
+
+
+def test_generate_streams_and_is_reproducible(trained, capsys):
+    args = ["generate", "--checkpoint", str(trained["lm"]), "--prompt", "The whale", "--seed", "7",
+            "--max-new-tokens", "15"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("The whale")
+    assert main(args + ["--strategy", "beam", "--num-beams", "3", "--impl", "cells"]) == 0
+
+
+def test_chat_reads_turns_and_resets(trained, monkeypatch, capsys):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello!\nwhat do you do?\n/reset\n\nbye\n"))
+    assert main(["chat", "--checkpoint", str(trained["chat"]), "--seed", "1", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bot> ") == 3 and "(new conversation)" in out
+
+
+def test_sentiment_texts_and_file(trained, tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text("good stuff\n\nbad stuff\n")
+    assert main(["sentiment", "--checkpoint", str(trained["sentiment"]), "--json", "--file", str(f), "fine"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["fine", "good stuff", "bad stuff"]
+    assert all(r["label"] in (0, 1) and 0.5 <= r["probability"] <= 1 for r in rows)
+
+
+def test_eval_writes_metrics_json(trained, capsys):
+    assert main(["eval", "--checkpoint", str(trained["sentiment"]), "--corpus", str(SENTIMENT), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"task", "corpus", "split", "checkpoint", "metrics", "baselines"}
+    stored = json.loads((trained["sentiment"] / "metrics.json").read_text())
+    assert stored[f"{SENTIMENT}:test"]["metrics"]["accuracy"] == result["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--checkpoint", "/no/such/dir", "--prompt", "x"], "no checkpoint at /no/such/dir"),
+    (["corpora", "show", "nonsense"], "unknown corpus 'nonsense'"),
+    (["eval", "--checkpoint", "/no/such/dir", "--corpus", "wikitext2"], "no checkpoint"),
+    (["train", "--task", "lm", "--corpus", "nonsense"], "unknown corpus"),
+])
+def test_errors_are_one_line_without_traceback(args, message):
+    done = subprocess.run([sys.executable, "-m", "nlp", *args], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_wrong_model_kind_and_hostile_text(trained, capsys, tmp_path):
+    assert main(["chat", "--checkpoint", str(trained["lm"])]) == 2
+    assert "holds a lm model" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(trained["lm"]), "--prompt", "x" * 30_000]) == 2
+    assert "limit is 20,000" in capsys.readouterr().err
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\x00\x01\x02binary")
+    assert main(["sentiment", "--checkpoint", str(trained["sentiment"]), "--file", str(binary)]) == 2
+    assert "binary" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    from nlp.__main__ import build_parser
+    from nlp.train import build_parser as train_parser
+
+    parsers = [train_parser()]
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    assert len(parsers) == 8
+    for parser in parsers:
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 5, (parser.prog, action.option_strings)

@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+from nlp.decoding import (
+    GenerationConfig,
+    GenerationError,
+    banned_ngram_tokens,
+    beam_search,
+    decode_text,
+    filter_scores,
+    generate,
+    make_generator,
+    sample_batch,
+    sample_tokens,
+    stream_text,
+)
+from nlp.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
+from nlp.tokenizer import EOS
+
+V = 60
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    m = LanguageModel(LMConfig(vocab_size=V, emb_dim=16, hidden_size=16, dropout=0.0))
+    with torch.no_grad():  # a peaky, untrained model: enough structure for decoding to matter
+        m.decoder.bias.copy_(torch.randn(V) * 3)
+        m.decoder.bias[EOS] = -10
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def s2s():
+    torch.manual_seed(0)
+    return Seq2Seq(Seq2SeqConfig(vocab_size=V, emb_dim=8, enc_hidden=8, dec_hidden=16, enc_layers=1,
+                                 dec_layers=1)).eval()
+
+
+PROMPT = [7, 8, 9]
+
+
+def run(model, **kw):
+    cfg = GenerationConfig(max_new_tokens=15, **kw)
+    return list(sample_tokens(model, PROMPT, cfg, make_generator(kw.pop("seed", 0) if "seed" in kw else 0)))
+
+
+@pytest.mark.parametrize("which", ["lm", "s2s"])
+def test_top_k_1_temperature_0_tiny_top_p_and_beam_1_equal_greedy(which, request):
+    model = request.getfixturevalue(which)
+    greedy = run(model, strategy="greedy")
+    assert len(greedy) > 0
+    assert run(model, strategy="sample", temperature=1.0, top_k=1, top_p=1.0) == greedy
+    assert run(model, strategy="sample", temperature=0.0) == greedy
+    assert run(model, strategy="sample", temperature=1.0, top_p=1e-6) == greedy
+    beam = beam_search(model, PROMPT, GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=15))
+    assert beam[0][0] == greedy
+
+
+def test_same_seed_same_sample_and_different_seeds_differ(lm):
+    cfg = GenerationConfig(strategy="sample", temperature=1.5, top_p=1.0, max_new_tokens=20)
+    a = list(sample_tokens(lm, PROMPT, cfg, make_generator(1)))
+    b = list(sample_tokens(lm, PROMPT, cfg, make_generator(1)))
+    others = {tuple(sample_tokens(lm, PROMPT, cfg, make_generator(s))) for s in range(2, 6)}
+    assert a == b
+    assert any(o != tuple(a) for o in others)
+
+
+def test_sampling_does_not_touch_the_global_rng(lm):
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    list(sample_tokens(lm, PROMPT, GenerationConfig(temperature=1.0, max_new_tokens=10), make_generator(5)))
+    assert torch.equal(torch.rand(1), expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_ngram_of_the_banned_size_repeats(lm, n):
+    for strategy in ("greedy", "sample", "beam"):
+        cfg = GenerationConfig(strategy=strategy, no_repeat_ngram_size=n, max_new_tokens=30, temperature=1.0,
+                               num_beams=3)
+        ids = beam_search(lm, PROMPT, cfg)[0][0] if strategy == "beam" else \
+            list(sample_tokens(lm, PROMPT, cfg, make_generator(0)))
+        seq = PROMPT + ids  # the LM's prompt counts as text already written
+        grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+        assert len(grams) == len(set(grams)), (strategy, seq)
+
+
+def test_repetition_penalty_divides_the_probability_of_seen_tokens(lm):
+    plain = run(lm, strategy="greedy")
+    assert len(set(plain)) < len(plain)  # the peaky model loops
+    # a huge penalty makes every seen token (prompt included) lose to any unseen one
+    penalised = run(lm, strategy="greedy", repetition_penalty=1e9)
+    assert len(set(penalised)) == len(penalised) and not set(penalised) & set(PROMPT)
+    # and a mild one lowers a seen token's log-probability by exactly log(penalty)
+    from nlp.decoding import adjust
+    scores = torch.log_softmax(torch.randn(1, V), -1)
+    out = adjust(scores, [[3, 5]], GenerationConfig(repetition_penalty=2.0))
+    torch.testing.assert_close(out[0, [3, 5]], scores[0, [3, 5]] - torch.log(torch.tensor(2.0)))
+    torch.testing.assert_close(out[0, 6:], scores[0, 6:])
+
+
+def test_banned_ngram_tokens():
+    assert banned_ngram_tokens([1, 2, 3, 1, 2], 3) == {3}
+    assert banned_ngram_tokens([1, 2, 1], 2) == {2}
+    assert banned_ngram_tokens([4, 5], 1) == {4, 5}
+    assert banned_ngram_tokens([1], 3) == set()
+
+
+def test_filters_keep_what_they_promise():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda **kw: torch.isfinite(filter_scores(scores, GenerationConfig(**kw))).sum().item()  # noqa: E731
+    assert kept(top_k=2, top_p=1.0, temperature=1.0) == 2
+    assert kept(top_p=0.7, temperature=1.0) == 2       # 0.5 + 0.3 reaches 0.7
+    assert kept(top_p=0.85, temperature=1.0) == 3
+    assert kept(top_p=1.0, min_p=0.5, temperature=1.0) == 2  # keeps p >= 0.25
+
+
+def test_beam_search_returns_sorted_n_best(lm):
+    cfg = GenerationConfig(strategy="beam", num_beams=4, num_return_sequences=3, max_new_tokens=8)
+    best = beam_search(lm, PROMPT, cfg)
+    assert len(best) == 3
+    assert [s for _, s in best] == sorted((s for _, s in best), reverse=True)
+    assert len({tuple(ids) for ids, _ in best}) == 3
+
+
+def test_streaming_pieces_join_to_the_whole_text(tokenizer, trained):
+    from nlp.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(trained["lm"])
+    prompt = ck.tokenizer.encode("It was")
+    cfg = GenerationConfig(temperature=1.0, top_p=1.0, max_new_tokens=40)
+    ids = list(sample_tokens(ck.model, prompt, cfg, make_generator(3)))
+    pieces = list(stream_text(ck.tokenizer, iter(ids), prompt))
+    assert len(pieces) > 1
+    assert "".join(pieces) == decode_text(ck.tokenizer, ids, prompt)
+    assert "".join(generate(ck.model, ck.tokenizer, prompt, cfg, make_generator(3))) == "".join(pieces)
+
+
+def test_stream_holds_back_incomplete_utf8(tokenizer):
+    ids = tokenizer.encode("ab 🙂 cd")
+    pieces = list(stream_text(tokenizer, iter(ids)))
+    assert "".join(pieces) == "ab 🙂 cd"
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_batch_sampling_matches_one_at_a_time_for_greedy(s2s):
+    prompts = [[7, 8, 9], [10, 11], [12, 13, 14, 15]]
+    cfg = GenerationConfig(strategy="greedy", max_new_tokens=10)
+    batch = sample_batch(s2s, prompts, cfg)
+    single = [list(sample_tokens(s2s, p, cfg)) for p in prompts]
+    assert batch == single
+
+
+def test_bad_settings_are_clear_errors(s2s):
+    with pytest.raises(GenerationError, match="top_p"):
+        GenerationConfig(top_p=0)
+    with pytest.raises(GenerationError, match="strategy"):
+        GenerationConfig(strategy="nucleus")
+    with pytest.raises(GenerationError, match="temperature"):
+        GenerationConfig(temperature=-1)
+    with pytest.raises(GenerationError, match="non-empty"):
+        list(sample_tokens(s2s, [], GenerationConfig()))

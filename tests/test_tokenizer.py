@@ -1,0 +1,51 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nlp.tokenizer import BOS, EOS, PAD, SEP, Tokenizer, TokenizerError, train_tokenizer
+
+
+def test_fixed_special_ids(tokenizer):
+    assert [tokenizer.piece(i) for i in (PAD, BOS, EOS, SEP)] == ["<pad>", "<s>", "</s>", "<sep>"]
+    assert tokenizer.vocab_size == 600
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_decode_inverts_encode_for_any_unicode(tokenizer, text):
+    # identity normaliser + byte fallback: nothing is ever unknown or changed
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_unseen_characters_become_bytes_not_unk(tokenizer):
+    ids = tokenizer.encode("Ω🙂漢")
+    assert 1 not in ids  # <unk_sp>
+    assert tokenizer.decode(ids) == "Ω🙂漢"
+
+
+def test_typed_separator_is_text_not_a_control_symbol(tokenizer):
+    ids = tokenizer.encode("a <sep> b")
+    assert SEP not in ids
+    assert tokenizer.decode(ids) == "a <sep> b"
+
+
+def test_wikitext_unk_marker_is_one_token(tokenizer):
+    assert tokenizer.encode("<unk>") [-1] == 5
+    assert tokenizer.decode(tokenizer.encode("the <unk> whale")) == "the <unk> whale"
+
+
+def test_encode_turns_joins_with_sep_and_keeps_the_newest(tokenizer):
+    ids = tokenizer.encode_turns(["hello there", "how are you"], max_len=1000)
+    assert ids.count(SEP) == 1
+    short = tokenizer.encode_turns(["hello there", "how are you"], max_len=4)
+    assert short == ids[-4:]
+
+
+def test_garbage_model_is_a_clear_error():
+    with pytest.raises(TokenizerError, match="not a SentencePiece model"):
+        Tokenizer(b"not a model")
+
+
+def test_too_small_vocabulary_is_a_clear_error():
+    with pytest.raises(TokenizerError, match="Vocabulary size"):
+        train_tokenizer(["some text here"] * 10, vocab_size=50)

@@ -1,0 +1,141 @@
+"""End to end on the committed fixtures: corpus -> tokenizer -> train -> checkpoint -> reload -> eval -> decode."""
+
+import json
+
+import pytest
+import torch
+
+from nlp.checkpoint import load_checkpoint
+from nlp.decoding import GenerationConfig, generate, make_generator
+from nlp.evaluate import classify, evaluate
+from nlp.train import Trainer, resolve_config
+from tests.conftest import CHAT, LM_TEXT, SENTIMENT, train_tiny
+
+
+def log_of(folder):
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_lm_end_to_end(trained):
+    ck = load_checkpoint(trained["lm"])
+    log = log_of(trained["lm"])
+    vals = [r["val_loss"] for r in log if "val_loss" in r]
+    assert len(vals) == 2 and vals[1] < vals[0]  # it learns
+    result = evaluate(ck, str(LM_TEXT), "test")
+    m = result["metrics"]
+    assert m["words"] > 0 and m["token_perplexity"] < ck.tokenizer.vocab_size  # better than uniform
+    assert m["word_perplexity"] > m["token_perplexity"]  # fewer words than tokens: same NLL, bigger exponent
+    assert "unigram_add_one" in result["baselines"]
+    text = "".join(generate(ck.model, ck.tokenizer, ck.tokenizer.encode("The sea"),
+                            GenerationConfig(max_new_tokens=20), make_generator(0)))
+    assert text.strip()
+
+
+def test_chat_end_to_end(trained):
+    ck = load_checkpoint(trained["chat"])
+    result = evaluate(ck, str(CHAT), "test", max_examples=20, gen=GenerationConfig(strategy="greedy",
+                                                                                  max_new_tokens=12))
+    m = result["metrics"]
+    for key in ("f1", "bleu", "distinct_1", "distinct_2", "token_perplexity", "word_perplexity"):
+        assert key in m
+    assert {"tfidf_retrieval", "most_frequent_reply"} <= set(result["baselines"])
+    trace = []
+    ids = ck.tokenizer.encode_turns(["hi, how are you?"], 96)
+    reply = "".join(generate(ck.model, ck.tokenizer, ids, GenerationConfig(strategy="greedy", max_new_tokens=12),
+                             trace=trace))
+    assert reply.strip()
+    assert len(trace) >= 1 and all(t.shape == (len(ids),) for t in trace)
+
+
+def test_sentiment_end_to_end(trained):
+    ck = load_checkpoint(trained["sentiment"])
+    result = evaluate(ck, str(SENTIMENT), "test")
+    m = result["metrics"]
+    assert 0 <= m["accuracy"] <= 1 and "pearson" in m and "macro_f1" in m
+    assert sum(map(sum, m["confusion"])) == m["n"]
+    assert {"naive_bayes_bow", "vader_lexicon"} <= set(result["baselines"])
+    out = classify(ck, ["great product, works perfectly", ""])
+    assert len(out) == 2 and len(out[0]["attention"]) == len(out[0]["tokens"])
+    assert abs(sum(out[0]["attention"]) - 1) < 1e-5
+
+
+def test_sentiment_learns_the_training_set(tmp_path, tokenizer):
+    """A can-fail check that the whole loop optimises: training accuracy rises well above chance."""
+    out = tmp_path / "s"
+    train_tiny("sentiment", out, tokenizer.path, "--epochs", "8", "--lr", "0.005", "--patience", "0")
+    ck = load_checkpoint(out)
+    from nlp.corpora import load_corpus
+    train = load_corpus(str(SENTIMENT))["train"]
+    rows = [(t, y) for t, y in zip(train["text"], train["label"]) if y >= 0]
+    preds = classify(ck, [t for t, _ in rows])
+    acc = sum(p["label"] == y for p, (_, y) in zip(preds, rows)) / len(rows)
+    assert acc > 0.75
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
+    out = tmp_path / "run"
+    first = train_tiny("lm", out, tokenizer.path, "--max-steps", "7", "--epochs", "3")
+    assert first["step"] == 7 and "max_steps" in first["reason"]
+    assert (out / "resume" / "state.json").exists() and (out / "config.json").exists()
+    state = json.loads((out / "resume" / "state.json").read_text())
+    assert state["step"] == 7 and state["pos"] == 7
+    second = train_tiny("lm", out, tokenizer.path, "--max-steps", "12", "--epochs", "3", "--resume")
+    assert second["step"] == 12
+    steps = [r["step"] for r in log_of(out) if "train_loss" in r]
+    assert steps == [1, 5, 10]  # logged every 5 steps (and the first), across both runs
+    starts = [r for r in log_of(out) if r.get("event") == "start"]
+    assert [s["step"] for s in starts] == [0, 7]
+
+
+def test_resume_restores_the_exact_model(tmp_path, tokenizer):
+    """Stopping at step 4 and resuming to 8 gives the weights of an uninterrupted run to 8."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--epochs", "2", "--model.dropout", "0.3", "--eval-every", "1000"]  # dropout: the RNG is restored too
+    train_tiny("sentiment", a, tokenizer.path, "--max-steps", "8", *args)
+    train_tiny("sentiment", b, tokenizer.path, "--max-steps", "4", *args)
+    train_tiny("sentiment", b, tokenizer.path, "--max-steps", "8", "--resume", *args)
+    from safetensors.torch import load_file
+    wa = load_file(str(a / "resume" / "state.safetensors"))
+    wb = load_file(str(b / "resume" / "state.safetensors"))
+    for k in wa:
+        if k.startswith("model."):
+            torch.testing.assert_close(wa[k], wb[k], msg=k)
+
+
+def test_dry_run_writes_to_a_temporary_folder(tmp_path, capsys, tokenizer):
+    from nlp.train import run
+
+    assert run(["--task", "chat", "--corpus", str(CHAT), "--dry-run", "--tokenizer", str(tokenizer.path),
+                "--model.emb_dim", "16", "--model.enc_hidden", "16", "--model.dec_hidden", "32"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 3 and "nlp-dry-run-" in result["out"]
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('task = "lm"\ncorpus = ["wikitext2"]\nlr = 0.01\n[model]\nhidden_size = 64\nemb_dim = 64\n')
+    cfg = resolve_config(["--config", str(toml), "--lr", "0.5", "--model.hidden_size", "32",
+                          "--model.tie_weights", "false", "--corpus", "a.txt,b.txt", "--no-amp"])
+    assert cfg.lr == 0.5 and cfg.model == {"hidden_size": 32, "emb_dim": 64, "tie_weights": False}
+    assert cfg.corpus == ["a.txt", "b.txt"] and cfg.amp is False and cfg.out == "runs/lm"
+    with pytest.raises(SystemExit):
+        resolve_config(["--model.hiden_size", "3"])
+    toml.write_text("lrr = 1\n")
+    with pytest.raises(SystemExit):
+        resolve_config(["--config", str(toml)])
+
+
+def test_wrong_corpus_for_the_task_is_a_clear_error(tokenizer):
+    from nlp.corpora import CorpusError
+
+    with pytest.raises(CorpusError, match="cannot train on corpora of task"):
+        Trainer(resolve_config(["--task", "chat", "--corpus", str(LM_TEXT), "--tokenizer", str(tokenizer.path)]))
+
+
+def test_lm_gru_with_adaptive_softmax_trains(tmp_path, tokenizer):
+    out = tmp_path / "g"
+    r = train_tiny("lm", out, tokenizer.path, "--max-steps", "5", "--model.rnn_type", "gru",
+                   "--model.tie_weights", "false", "--model.adaptive_cutoffs", "100,300", "--optimizer", "sgd",
+                   "--lr", "1", "--schedule", "plateau")
+    assert r["step"] == 5
+    assert load_checkpoint(out).model.config.adaptive_cutoffs == [100, 300]
