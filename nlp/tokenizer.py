@@ -102,7 +102,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, input_sentence
             sentence_iterator=lines(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, unk_piece="<unk_sp>",
             control_symbols=[SEP_PIECE], user_defined_symbols=[LITERAL_UNK], byte_fallback=True,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
             character_coverage=0.9995, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
             max_sentence_length=16384, hard_vocab_limit=False, num_threads=2,
             minloglevel=2,

@@ -498,6 +498,8 @@ class Trainer:
             self.stop_reason = f"finished {cfg.epochs} epochs"
         except Stop as s:
             self.stop_reason = str(s)
+            if s.args[0].startswith("reached"):  # a budget ran out: keep what the last stretch learned
+                self.final_eval()
         except KeyboardInterrupt:
             self.stop_reason = "interrupted (Ctrl-C)"
         finally:
@@ -508,6 +510,12 @@ class Trainer:
         self.ensure_checkpoint()
         self.log({"event": "stop", "step": self.step, "reason": self.stop_reason, "best_val_loss": self.best})
         return {"step": self.step, "reason": self.stop_reason, "best_val_loss": self.best, "out": str(self.out)}
+
+    def final_eval(self):
+        try:
+            self.after_eval(self.evaluate())
+        except Stop:
+            pass  # no gain: patience bookkeeping only
 
     def ensure_checkpoint(self):
         """A run stopped before its first evaluation still leaves a loadable checkpoint."""
