@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -146,7 +147,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
         raise CheckpointError(f"{path}: the model has {model.config.vocab_size} tokens but the tokenizer "
                               f"{tokenizer.vocab_size}")
     try:
-        from safetensors.torch import load as load_bytes
         tensors = load_bytes(files[WEIGHTS])
     except Exception as e:  # safetensors raises its own error and others on a damaged header
         raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e}): {rebuild_hint(path)}") \

@@ -178,10 +178,8 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     # perplexity of the reference replies (teacher forcing), per token and per word
     total = tokens = 0.0
     for batch in D.batches_of(examples, 64, None):
-        logits, _ = ck.model(batch["src"], batch["src_len"], batch["tgt_in"])
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["tgt_out"].reshape(-1),
-                                       ignore_index=0, reduction="sum"))
-        tokens += float((batch["tgt_out"] != 0).sum())
+        loss, n = ck.model.loss(batch["src"], batch["src_len"], batch["tgt_in"], batch["tgt_out"])
+        total, tokens = total + float(loss), tokens + float(n)
     n_words = sum(len(r.split()) + 1 for r in ds["response"])  # + 1: the end of the reply, as for the LM
     metrics = M.perplexities(total, int(tokens), n_words)
     contexts = [c[-turns:] for c in ds["context"]]

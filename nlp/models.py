@@ -76,6 +76,13 @@ def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor | None = None, hx=None):
     return out, state
 
 
+def token_nll(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy over the targets that are not PAD, and how many there were."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
+                           reduction="sum", label_smoothing=label_smoothing)
+    return loss, (targets != PAD).sum()
+
+
 def state_to_batch_first(state) -> dict[str, Tensor]:
     if isinstance(state, tuple):
         return {"h": state[0].transpose(0, 1), "c": state[1].transpose(0, 1)}
@@ -149,14 +156,15 @@ class LanguageModel(nn.Module, _FromConfig):
     def loss(self, ids: Tensor, targets: Tensor, state=None, label_smoothing: float = 0.0):
         """Summed cross-entropy over targets that are not PAD: (loss_sum, n_tokens, state)."""
         hidden, state = self(ids, state)
-        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-        keep = t != PAD
-        if hasattr(self, "adaptive"):
-            out = self.adaptive(h[keep], t[keep])
-            return out.loss * keep.sum(), keep.sum(), state
-        loss = F.cross_entropy(self.decoder(h).float(), t, ignore_index=PAD, reduction="sum",
-                               label_smoothing=label_smoothing)
-        return loss, keep.sum(), state
+        return (*self.loss_from_hidden(hidden, targets, label_smoothing), state)
+
+    def loss_from_hidden(self, hidden: Tensor, targets: Tensor, label_smoothing: float = 0.0):
+        """The loss half of `loss`: the trainer calls it on the output of a DDP-wrapped forward."""
+        if hasattr(self, "adaptive"):  # no label smoothing or ignore_index in the adaptive softmax
+            h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+            keep = t != PAD
+            return self.adaptive(h[keep], t[keep]).loss * keep.sum(), keep.sum()
+        return token_nll(self.decoder(hidden), targets, label_smoothing)
 
     def log_probs(self, h: Tensor) -> Tensor:
         """h (..., H) -> log-probabilities (..., V)."""
@@ -273,10 +281,8 @@ class Seq2Seq(nn.Module, _FromConfig):
         return att, w, state
 
     def loss(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, tgt_out: Tensor, label_smoothing: float = 0.0):
-        logits, _ = self(src, src_len, tgt_in)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt_out.reshape(-1),
-                               ignore_index=PAD, reduction="sum", label_smoothing=label_smoothing)
-        return loss, (tgt_out != PAD).sum()
+        """Teacher-forced summed cross-entropy of the reply tokens: (loss_sum, n_tokens)."""
+        return token_nll(self(src, src_len, tgt_in)[0], tgt_out, label_smoothing)
 
     # decoding interface ------------------------------------------------------
     def start(self, src: Tensor, src_len: Tensor | None = None) -> dict:

@@ -23,12 +23,12 @@ import signal
 import sys
 import tempfile
 import time
+import tomllib
 import typing
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from nlp import checkpoint as ckpt
 from nlp import data as D
 from nlp.corpora import CorpusError, load_corpus, source_of, task_of
-from nlp.models import MODELS, build_model
+from nlp.models import MODELS, build_model, token_nll
 from nlp.tokenizer import Tokenizer, corpus_texts, train_tokenizer
 
 
@@ -360,19 +360,14 @@ class Trainer:
         ls = self.cfg.label_smoothing if train else 0.0
         with self.autocast():
             if self.cfg.task == "lm":
-                x, y = batch[0].to(dev), batch[1].to(dev)
-                if m is self.ddp:
-                    hidden, state = m(x, state)
-                    loss, n = self._lm_loss(hidden, y, ls)
-                else:
-                    loss, n, state = self.model.loss(x, y, state, ls)
+                # the forward goes through the DDP wrapper (when there is one) so gradients are synchronised
+                hidden, state = m(batch[0].to(dev), state)
+                loss, n = self.model.loss_from_hidden(hidden, batch[1].to(dev), ls)
                 return loss, n, state, {}
             b = {k: v.to(dev) for k, v in batch.items()}
             if self.cfg.task == "chat":
-                logits, _ = m(b["src"], b["src_len"], b["tgt_in"])
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), b["tgt_out"].reshape(-1),
-                                       ignore_index=0, reduction="sum", label_smoothing=ls)
-                return loss, (b["tgt_out"] != 0).sum(), None, {}
+                loss, n = token_nll(m(b["src"], b["src_len"], b["tgt_in"])[0], b["tgt_out"], ls)
+                return loss, n, None, {}
             out = m(b["ids"], b["lengths"])
             labelled = b["label"] >= 0
             loss = F.cross_entropy(out["logits"].float(), b["label"], ignore_index=-1, reduction="sum",
@@ -384,14 +379,6 @@ class Trainer:
                 loss = loss + self.cfg.rating_weight * F.mse_loss(out["rating"].float(), b["rating"] / 4,
                                                                   reduction="sum")
             return loss, torch.tensor(len(b["label"]), device=dev), None, extra
-
-    def _lm_loss(self, hidden, y, ls):
-        """LM loss from DDP's forward output (DDP must see the forward call to sync gradients)."""
-        h, t = hidden.reshape(-1, hidden.shape[-1]), y.reshape(-1)
-        if hasattr(self.model, "adaptive"):
-            return self.model.adaptive(h, t).loss * t.numel(), torch.tensor(t.numel(), device=t.device)
-        return F.cross_entropy(self.model.decoder(h).float(), t, reduction="sum", label_smoothing=ls), \
-            torch.tensor(t.numel(), device=t.device)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
