@@ -79,6 +79,8 @@ class TrainConfig:
     eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = all)"})
     patience: int = field(default=3, metadata={"help": "early stop after this many evaluations without gain"})
     log_every: int = field(default=50, metadata={"help": "log the training loss every N steps"})
+    save_every: int = field(default=500, metadata={"help": "save the resume state every N steps (0 = only at "
+                                                           "evaluations and stops)"})
     seed: int = field(default=1234, metadata={"help": "seed for init, shuffling and dropout"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda | cuda:N"})
     amp: bool = field(default=True, metadata={"help": "mixed precision (bfloat16/float16) on CUDA"})
@@ -475,6 +477,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{float(loss):.3f}")
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self.after_eval(self.evaluate())
+                    if cfg.save_every and self.step % cfg.save_every == 0:
+                        self.save_resume()  # so even a hard kill loses at most save_every steps
                     if max_steps and self.step >= max_steps:
                         raise Stop(f"reached max_steps={max_steps}")
                     if time.time() > deadline:
@@ -482,6 +486,7 @@ class Trainer:
                 self.epoch, self.pos = self.epoch + 1, 0
                 if not cfg.eval_every:
                     self.after_eval(self.evaluate())
+                self.save_resume()
             self.stop_reason = f"finished {cfg.epochs} epochs"
         except Stop as s:
             self.stop_reason = str(s)

@@ -139,3 +139,48 @@ def test_lm_gru_with_adaptive_softmax_trains(tmp_path, tokenizer):
                    "--lr", "1", "--schedule", "plateau")
     assert r["step"] == 5
     assert load_checkpoint(out).model.config.adaptive_cutoffs == [100, 300]
+
+
+def test_torchrun_data_parallel_on_two_processes(tmp_path, tokenizer):
+    """DDP under torchrun (gloo on the CPU): two processes train one model and rank 0 writes it."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "nlp", "train", "--task", "sentiment",
+         "--corpus", str(SENTIMENT), "--tokenizer", str(tokenizer.path), "--out", str(out), "--max-steps", "4",
+         "--model.emb_dim", "16", "--model.hidden_size", "16", "--model.num_layers", "1", "--model.attn_dim", "8"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["step"] == 4
+    start = next(r for r in log_of(out) if r.get("event") == "start")
+    assert start["world_size"] == 2
+    assert load_checkpoint(out).task == "sentiment"
+
+
+def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, monkeypatch):
+    """Simulate SIGKILL: the step after a periodic save raises, no stop handler runs; --resume picks it up."""
+    from nlp import train as T
+
+    out = tmp_path / "k"
+    calls = {"n": 0}
+    real = T.Trainer.train_step
+
+    def dying(self, batch, state):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise SystemExit("killed")
+        return real(self, batch, state)
+
+    monkeypatch.setattr(T.Trainer, "train_step", dying)
+    with pytest.raises(SystemExit):
+        train_tiny("lm", out, tokenizer.path, "--save-every", "3", "--epochs", "1")
+    assert json.loads((out / "resume" / "state.json").read_text())["step"] == 6
+    monkeypatch.setattr(T.Trainer, "train_step", real)
+    assert train_tiny("lm", out, tokenizer.path, "--max-steps", "8", "--epochs", "1", "--resume")["step"] == 8
