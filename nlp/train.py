@@ -13,8 +13,6 @@ and --max-minutes all stop cleanly after saving that state.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import os
@@ -23,10 +21,8 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
-import typing
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,146 +32,10 @@ from tqdm import tqdm
 
 from nlp import checkpoint as ckpt
 from nlp import data as D
+from nlp.config import TrainConfig, resolve_config
 from nlp.corpora import CorpusError, load_corpus, source_of, task_of
-from nlp.models import MODELS, build_model, token_nll
+from nlp.models import build_model, token_nll
 from nlp.tokenizer import Tokenizer, corpus_texts, train_tokenizer
-
-
-@dataclass
-class TrainConfig:
-    task: str = field(default="lm", metadata={"help": "lm | chat | sentiment"})
-    corpus: list[str] = field(default_factory=lambda: ["wikitext2"],
-                              metadata={"help": "corpus names, hf:NAME or files; several are concatenated"})
-    out: str = field(default="", metadata={"help": "run folder = checkpoint folder (default runs/<task>)"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer.model to use; empty = train one"})
-    tokenizer_corpus: list[str] = field(default_factory=list,
-                                        metadata={"help": "corpora for a new tokenizer (default: --corpus)"})
-    vocab_size: int = field(default=8000, metadata={"help": "size of a newly trained tokenizer"})
-    init_from: str = field(default="", metadata={"help": "checkpoint whose matching weights start this model"})
-    # batching
-    batch_size: int = field(default=32, metadata={"help": "sequences per batch (per process under torchrun)"})
-    eval_batch_size: int = field(default=32, metadata={"help": "sequences per evaluation batch"})
-    bptt: int = field(default=70, metadata={"help": "lm: tokens per truncated-BPTT window"})
-    context_turns: int = field(default=3, metadata={"help": "chat: earlier turns given to the encoder"})
-    max_src_len: int = field(default=96, metadata={"help": "chat: context tokens kept (the newest)"})
-    max_tgt_len: int = field(default=40, metadata={"help": "chat: response tokens kept"})
-    max_len: int = field(default=128, metadata={"help": "sentiment: tokens kept per text"})
-    max_train_examples: int = field(default=0, metadata={"help": "use only this many training rows (0 = all)"})
-    # optimisation
-    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "decoupled weight decay (AdamW) / L2 (SGD)"})
-    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
-    clip: float = field(default=0.25, metadata={"help": "clip the gradient norm to this (0 = off)"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine (with warm-up) | plateau | constant"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
-    plateau_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this on a stall"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
-    rating_weight: float = field(default=0.5, metadata={"help": "sentiment: weight of the rating (MSE) loss"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training data"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit)"})
-    max_minutes: float = field(default=0.0, metadata={"help": "stop (resumably) after this long (0 = no limit)"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = once per epoch)"})
-    eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = all)"})
-    patience: int = field(default=3, metadata={"help": "early stop after this many evaluations without gain"})
-    log_every: int = field(default=50, metadata={"help": "log the training loss every N steps"})
-    save_every: int = field(default=500, metadata={"help": "save the resume state every N steps (0 = only at "
-                                                           "evaluations and stops)"})
-    seed: int = field(default=1234, metadata={"help": "seed for init, shuffling and dropout"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda | cuda:N"})
-    amp: bool = field(default=True, metadata={"help": "mixed precision (bfloat16/float16) on CUDA"})
-    half: bool = field(default=False, metadata={"help": "store checkpoint weights in float16"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out from resume/"})
-    dry_run: bool = field(default=False, metadata={"help": "a few steps on a slice of the data, to a temp folder"})
-    model: dict = field(default_factory=dict, metadata={"help": "model settings ([model] table, --model.KEY V)"})
-
-
-# --------------------------------------------------------------------------- configuration
-def _cast(value: str, typ):
-    origin = typing.get_origin(typ)
-    if typ is bool:
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"not a boolean: {value!r}")
-    if origin is list or typ is list:
-        (inner,) = typing.get_args(typ) or (str,)
-        return [_cast(v, inner) for v in value.split(",") if v != ""]
-    return typ(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nlp train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML recipe (configs/*.toml); flags below override it")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        typ = hints[f.name]
-        if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
-        else:
-            p.add_argument(flag, default=None, help=f"{f.metadata['help']} (default {_default(f)})",
-                           type=str if typing.get_origin(typ) is list else typ)
-    p.epilog = ("Model settings: --model.KEY VALUE, e.g. --model.hidden_size 200 --model.tie_weights false; "
-                "the keys are those of LMConfig / Seq2SeqConfig / SentimentConfig in nlp/models.py.")
-    return p
-
-
-def _default(f):
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def resolve_config(argv: list[str]) -> TrainConfig:
-    """TOML file, then command-line flags, then --model.KEY overrides; unknown keys are errors."""
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    values: dict = {}
-    if args.config:
-        try:
-            values = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            parser.error(f"cannot read {args.config}: {e}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = set(values) - known
-    if bad:
-        parser.error(f"{args.config}: unknown settings {sorted(bad)}")
-    hints = typing.get_type_hints(TrainConfig)
-    for name in known - {"model"}:
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = _cast(v, hints[name]) if isinstance(v, str) and hints[name] is not str else v
-    model = dict(values.get("model", {}))
-    task = values.get("task", "lm")
-    if task not in MODELS:
-        parser.error(f"--task must be one of {list(MODELS)}")
-    mhints = typing.get_type_hints(MODELS[task].Config)
-    it = iter(rest)
-    for tok in it:
-        if not tok.startswith("--model."):
-            parser.error(f"unrecognized argument {tok}")
-        key, _, val = tok[len("--model."):].partition("=")
-        if not val:
-            val = next(it, None)
-            if val is None:
-                parser.error(f"{tok} needs a value")
-        if key not in mhints:
-            parser.error(f"unknown model setting {key!r} for task {task}: {sorted(mhints)}")
-        try:
-            model[key] = _cast(val, mhints[key])
-        except ValueError as e:
-            parser.error(f"--model.{key}: {e}")
-    values["model"] = model
-    for k in ("corpus", "tokenizer_corpus"):
-        if isinstance(values.get(k), str):
-            values[k] = [values[k]]
-    cfg = TrainConfig(**values)
-    if not cfg.out:
-        cfg.out = f"runs/{cfg.task}"
-    return cfg
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -536,11 +396,9 @@ class Trainer:
 
 
 def run(argv: list[str]) -> int:
-    cfg = resolve_config(argv)
-    tmp = None
+    cfg = resolve_config(argv, description=__doc__)
     if cfg.dry_run and "--out" not in argv:
-        tmp = tempfile.mkdtemp(prefix="nlp-dry-run-")
-        cfg.out = tmp
+        cfg.out = tempfile.mkdtemp(prefix="nlp-dry-run-")
     trainer = Trainer(cfg)
     result = trainer.fit()
     if trainer.main:

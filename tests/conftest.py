@@ -47,7 +47,8 @@ def tokenizer(tmp_path_factory):
 
 
 def train_tiny(task: str, out: Path, tokenizer_path: Path, *extra: str) -> dict:
-    from nlp.train import Trainer, resolve_config
+    from nlp.config import resolve_config
+    from nlp.train import Trainer
 
     argv = ["--task", task, "--corpus", str(CORPUS[task]), "--out", str(out), "--tokenizer", str(tokenizer_path),
             "--log-every", "5", *TINY[task], *extra]

@@ -80,7 +80,7 @@ def test_wrong_model_kind_and_hostile_text(trained, capsys, tmp_path):
 
 def test_every_option_has_help():
     from nlp.__main__ import build_parser
-    from nlp.train import build_parser as train_parser
+    from nlp.config import build_parser as train_parser
 
     parsers = [train_parser()]
     for action in build_parser()._actions:
