@@ -171,10 +171,12 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     train_cfg = ck.config.get("train", {})
     turns = context_turns or train_cfg.get("context_turns", 3)
     src_len = max_src_len or train_cfg.get("max_src_len", 96)
-    ds = dd[split]
+    # rows that make an example (a non-empty context and reply), so NLL and word counts cover the same rows
+    ds = dd[split].filter(lambda r: bool(r["response"].strip()) and any(t.strip() for t in r["context"][-turns:]))
     if max_examples and len(ds) > max_examples:  # a fixed, seeded sample of whole rows
         ds = ds.shuffle(seed=seed).select(range(max_examples))
     examples = D.chat_examples(ds, ck.tokenizer, turns, src_len, 10_000)
+    assert len(examples) == len(ds), "every kept row makes one example"
     # perplexity of the reference replies (teacher forcing), per token and per word
     total = tokens = 0.0
     for batch in D.batches_of(examples, 64, None):
