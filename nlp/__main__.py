@@ -22,9 +22,8 @@ from nlp.checkpoint import CheckpointError
 from nlp.corpora import CorpusError
 from nlp.decoding import GenerationConfig, GenerationError
 from nlp.models import ConfigError
+from nlp.serve import check_text
 from nlp.tokenizer import TokenizerError
-
-MAX_INPUT_CHARS = 20_000  # longer prompts are refused with a message, not silently cut
 
 
 def add_generation_args(p: argparse.ArgumentParser, strategy: str = "sample") -> None:
@@ -55,14 +54,6 @@ def generation_config(a: argparse.Namespace, **extra) -> GenerationConfig:
                             min_p=a.min_p, repetition_penalty=a.repetition_penalty,
                             no_repeat_ngram_size=a.no_repeat_ngram, num_beams=a.num_beams,
                             length_penalty=a.length_penalty, max_new_tokens=a.max_new_tokens, **extra)
-
-
-def check_text(text: str, what: str = "input") -> str:
-    if "\x00" in text:
-        raise GenerationError(f"the {what} contains NUL bytes: is it a binary file?")
-    if len(text) > MAX_INPUT_CHARS:
-        raise GenerationError(f"the {what} has {len(text):,} characters; the limit is {MAX_INPUT_CHARS:,}")
-    return text
 
 
 def load(path: str, task: str, impl: str | None = None):
@@ -141,18 +132,18 @@ def _task_of_checkpoint(path: str) -> str:
 
 
 def cmd_generate(a) -> int:
-    from nlp.decoding import generate, make_generator
+    from nlp.decoding import make_generator
+    from nlp.serve import continue_text
 
     ck = load(a.checkpoint, "lm", a.impl)
     prompt = check_text(a.prompt, "prompt")
     cfg = generation_config(a, stop_at_eos=not a.multiline)
-    ids = ck.tokenizer.encode(prompt)
     for n in range(a.num_samples):
-        g = make_generator(None if a.seed is None else a.seed + n)
         if a.num_samples > 1:
             print(f"--- sample {n + 1}")
         sys.stdout.write(prompt)
-        for piece in generate(ck.model, ck.tokenizer, ids, cfg, g):
+        gen = continue_text(ck, prompt, cfg, make_generator(None if a.seed is None else a.seed + n))
+        for piece in gen.stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -160,12 +151,11 @@ def cmd_generate(a) -> int:
 
 
 def cmd_chat(a) -> int:
-    from nlp.decoding import generate, make_generator
+    from nlp.decoding import make_generator
+    from nlp.serve import chat_reply
 
     ck = load(a.checkpoint, "chat", a.impl)
     cfg = generation_config(a)
-    turns_kept = ck.config.get("train", {}).get("context_turns", 3)
-    max_src = ck.config.get("train", {}).get("max_src_len", 96)
     g = make_generator(a.seed)
     history: list[str] = []
     interactive = sys.stdin.isatty()
@@ -191,20 +181,18 @@ def cmd_chat(a) -> int:
             print(f"({e})")
             continue
         history.append(line)
-        ids = ck.tokenizer.encode_turns(history[-turns_kept:], max_src)
+        reply = chat_reply(ck, history, cfg, g)
         sys.stdout.write("bot> ")
-        reply = ""
-        for piece in generate(ck.model, ck.tokenizer, ids, cfg, g):
-            reply += piece
+        for piece in reply.stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        history.append(reply)
+        history.append(reply.text)
     return 0
 
 
 def cmd_sentiment(a) -> int:
-    from nlp.evaluate import classify
+    from nlp.serve import classify
 
     ck = load(a.checkpoint, "sentiment", a.impl)
     texts = list(a.text)

@@ -20,13 +20,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nlp import data as D
 from nlp import metrics as M
 from nlp.checkpoint import METRICS, Checkpoint, write_json
 from nlp.corpora import load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, make_generator, sample_batch
+from nlp.serve import classify
 from nlp.tokenizer import EOS
 
 
@@ -82,27 +82,6 @@ def eval_lm(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tuple[dic
 
 
 # --------------------------------------------------------------------------- sentiment
-@torch.no_grad()
-def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: int = 64) -> list[dict]:
-    """Label, probability, rating and per-token attention for each text (in input order)."""
-    device = next(ck.model.parameters()).device
-    encoded = [ids[:max_len] or [EOS] for ids in ck.tokenizer.encode_batch(texts)]
-    out: list[dict] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        ids, lengths = D.pad(chunk)
-        r = ck.model(ids.to(device), lengths)
-        probs = F.softmax(r["logits"].float(), -1).cpu()
-        for i, seq in enumerate(chunk):
-            item = {"label": int(probs[i].argmax()), "probability": float(probs[i].max()),
-                    "p_positive": float(probs[i, 1]), "tokens": ck.tokenizer.pieces(seq),
-                    "attention": r["attention"][i, : len(seq)].cpu().tolist()}
-            if "rating" in r:
-                item["rating"] = float(r["rating"][i]) * 4  # trained on rating / 4
-            out.append(item)
-    return out
-
-
 def _nb_features(text: str) -> dict:
     return {w: True for w in M.words(text)}
 

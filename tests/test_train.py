@@ -8,7 +8,8 @@ import torch
 from nlp.checkpoint import load_checkpoint
 from nlp.config import resolve_config
 from nlp.decoding import GenerationConfig, generate, make_generator
-from nlp.evaluate import classify, evaluate
+from nlp.evaluate import evaluate
+from nlp.serve import classify
 from nlp.train import Trainer
 from tests.conftest import CHAT, LM_TEXT, SENTIMENT, train_tiny
 

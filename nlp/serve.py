@@ -1,0 +1,152 @@
+"""What a front end asks of the models, in plain Python values: the CLI and the web app both call this.
+
+    reply = chat_reply(ck, ["hi!", "hello, how are you?", "fine, you?"], cfg, generator)
+    for piece in reply.stream: ...          # text pieces as they are decoded
+    reply.attention                         # then: (reply tokens x context tokens) weights, as lists
+
+No tensors leave this module, so a page only formats strings and numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nlp.checkpoint import Checkpoint
+from nlp.data import pad
+from nlp.decoding import GenerationConfig, GenerationError, beam_search, decode_text, sample_tokens, stream_text
+from nlp.tokenizer import EOS
+
+MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
+
+
+def check_text(text: str, what: str = "input", limit: int = MAX_INPUT_CHARS) -> str:
+    """Refuse text that is binary or too long, with a message that says so (never cut silently)."""
+    if "\x00" in text:
+        raise GenerationError(f"the {what} contains NUL bytes: is it a binary file?")
+    if len(text) > limit:
+        raise GenerationError(f"the {what} has {len(text):,} characters; the limit is {limit:,}")
+    return text
+
+
+def strip_control(text: str) -> tuple[str, int]:
+    """Remove control characters other than newline and tab; returns the text and how many were removed."""
+    kept = "".join(ch for ch in text if ch in "\n\t" or (ord(ch) >= 32 and not 0x7F <= ord(ch) < 0xA0))
+    return kept, len(text) - len(kept)
+
+
+@dataclass
+class Reply:
+    """A chat reply in progress: iterate `stream`; the other fields are complete once it is exhausted."""
+    stream: Iterator[str] = iter(())
+    turns_used: int = 0               # how many of the newest turns the model saw
+    turns_dropped: int = 0            # older turns left out (the model takes only its trained context)
+    tokens_dropped: int = 0           # context tokens cut from the oldest end to fit max_src_len
+    context_tokens: list[str] = field(default_factory=list)
+    reply_tokens: list[str] = field(default_factory=list)
+    attention: list[list[float]] = field(default_factory=list)  # one row per reply token
+    text: str = ""
+
+
+def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
+               generator: torch.Generator | None = None) -> Reply:
+    """Reply to the last turn of `history` (oldest first), seeing as many turns as the model was trained on."""
+    if not history or not history[-1].strip():
+        raise GenerationError("say something first: the message is empty")
+    train = ck.config.get("train", {})
+    keep_turns, max_src = train.get("context_turns", 3), train.get("max_src_len", 96)
+    used = history[-keep_turns:]
+    per_turn = ck.tokenizer.encode_batch(used)
+    full_len = sum(map(len, per_turn)) + len(used) - 1
+    ids = ck.tokenizer.encode_turns(used, max_src)
+    reply = Reply(turns_used=len(used), turns_dropped=len(history) - len(used),
+                  tokens_dropped=max(0, full_len - len(ids)), context_tokens=ck.tokenizer.pieces(ids))
+    trace: list = []
+
+    def run() -> Iterator[str]:
+        if cfg.strategy == "beam":  # the n-best come at once; attention is recorded for step-wise decoding
+            best = beam_search(ck.model, ids, cfg)[0][0]
+            reply.text = decode_text(ck.tokenizer, best)
+            reply.reply_tokens = ck.tokenizer.pieces(best)
+            yield reply.text
+            return
+        out_ids: list[int] = []
+
+        def tokens() -> Iterator[int]:
+            for t in sample_tokens(ck.model, ids, cfg, generator, trace):
+                out_ids.append(t)
+                yield t
+        for piece in stream_text(ck.tokenizer, tokens()):
+            reply.text += piece
+            yield piece
+        reply.reply_tokens = ck.tokenizer.pieces(out_ids)
+        reply.attention = [[round(float(w), 4) for w in row] for row in trace]
+
+    reply.stream = run()
+    return reply
+
+
+@dataclass
+class Generation:
+    stream: Iterator[str] = iter(())
+    tokens: int = 0
+    seconds: float = 0.0
+    text: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def continue_text(ck: Checkpoint, prompt: str, cfg: GenerationConfig,
+                  generator: torch.Generator | None = None) -> Generation:
+    """Stream the LM's continuation of `prompt`, counting tokens and time for a tokens/s figure."""
+    ids = ck.tokenizer.encode(prompt)
+    gen = Generation()
+
+    def run() -> Iterator[str]:
+        start = time.perf_counter()
+        if cfg.strategy == "beam":
+            best = beam_search(ck.model, ids, cfg)[0][0]
+            gen.tokens, gen.seconds = len(best), time.perf_counter() - start
+            gen.text = decode_text(ck.tokenizer, best, ids)
+            yield gen.text
+            return
+
+        def counted() -> Iterator[int]:
+            for t in sample_tokens(ck.model, ids, cfg, generator):
+                gen.tokens += 1
+                yield t
+        for piece in stream_text(ck.tokenizer, counted(), ids):
+            gen.text += piece
+            gen.seconds = time.perf_counter() - start
+            yield piece
+        gen.seconds = time.perf_counter() - start
+
+    gen.stream = run()
+    return gen
+
+
+@torch.no_grad()
+def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: int = 64) -> list[dict]:
+    """Label, probability, rating and per-token attention for each text (in input order)."""
+    device = next(ck.model.parameters()).device
+    encoded = [ids[:max_len] or [EOS] for ids in ck.tokenizer.encode_batch(texts)]
+    out: list[dict] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        ids, lengths = pad(chunk)
+        r = ck.model(ids.to(device), lengths)
+        probs = F.softmax(r["logits"].float(), -1).cpu()
+        for i, seq in enumerate(chunk):
+            item = {"label": int(probs[i].argmax()), "probability": float(probs[i].max()),
+                    "p_positive": float(probs[i, 1]), "tokens": ck.tokenizer.pieces(seq),
+                    "attention": r["attention"][i, : len(seq)].cpu().tolist()}
+            if "rating" in r:
+                item["rating"] = float(r["rating"][i]) * 4  # trained on rating / 4
+            out.append(item)
+    return out

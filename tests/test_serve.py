@@ -1,0 +1,56 @@
+import pytest
+
+from nlp.checkpoint import load_checkpoint
+from nlp.decoding import GenerationConfig, GenerationError, make_generator
+from nlp.serve import chat_reply, check_text, classify, continue_text, strip_control
+
+
+def test_chat_reply_reports_context_trimming_and_attention(trained):
+    ck = load_checkpoint(trained["chat"])
+    history = ["hello", "hi, how are you?", "good thanks, and you?", "great, what did you do today?"]
+    reply = chat_reply(ck, history, GenerationConfig(strategy="greedy", max_new_tokens=10))
+    text = "".join(reply.stream)
+    assert text == reply.text and text.strip()
+    assert reply.turns_used == 3 and reply.turns_dropped == 1  # the fixture model keeps 3 turns
+    assert len(reply.attention) == len(reply.reply_tokens) > 0
+    assert all(len(row) == len(reply.context_tokens) for row in reply.attention)
+    assert all(abs(sum(row) - 1) < 1e-3 for row in reply.attention)
+
+
+def test_chat_reply_cuts_long_context_from_the_oldest_end_and_says_so(trained):
+    ck = load_checkpoint(trained["chat"])
+    reply = chat_reply(ck, ["word " * 300, "and?"], GenerationConfig(strategy="greedy", max_new_tokens=3))
+    list(reply.stream)
+    assert reply.tokens_dropped > 0 and len(reply.context_tokens) == 96
+
+
+def test_chat_reply_refuses_an_empty_message(trained):
+    ck = load_checkpoint(trained["chat"])
+    with pytest.raises(GenerationError, match="empty"):
+        chat_reply(ck, ["   "], GenerationConfig())
+
+
+def test_continue_text_counts_tokens_and_is_seeded(trained):
+    ck = load_checkpoint(trained["lm"])
+    cfg = GenerationConfig(temperature=1.0, max_new_tokens=12, stop_at_eos=False)
+    a = continue_text(ck, "The ship", cfg, make_generator(4))
+    text_a = "".join(a.stream)
+    b = continue_text(ck, "The ship", cfg, make_generator(4))
+    assert "".join(b.stream) == text_a == a.text
+    assert a.tokens == 12 and a.tokens_per_second > 0
+    beam = continue_text(ck, "The ship", GenerationConfig(strategy="beam", num_beams=2, max_new_tokens=5))
+    assert "".join(beam.stream) == beam.text
+
+
+def test_classify_keeps_order_and_handles_empty_text(trained):
+    ck = load_checkpoint(trained["sentiment"])
+    out = classify(ck, ["", "good", "bad " * 500])
+    assert len(out) == 3 and len(out[2]["tokens"]) == 256
+
+
+def test_input_checks():
+    assert strip_control("a\x00b\x1bc\nd\te\x85") == ("abc\nd\te", 3)
+    with pytest.raises(GenerationError, match="limit is 10"):
+        check_text("x" * 11, "message", limit=10)
+    with pytest.raises(GenerationError, match="NUL"):
+        check_text("a\x00")
