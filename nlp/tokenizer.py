@@ -67,8 +67,28 @@ class Tokenizer:
         return self.sp.id_to_piece(int(i))
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
-        """Human-readable token strings, e.g. for attention maps."""
-        return [self.sp.id_to_piece(int(i)).replace("\u2581", " ") for i in ids]
+        """One human-readable string per token, e.g. for attention maps.
+
+        Byte-fallback tokens (<0xE2> ...) are decoded together: the first token of a run shows the
+        character(s) they make, the rest show "" so the list stays aligned with the ids.
+        """
+        out: list[str] = []
+        run: list[int] = []
+
+        def flush():
+            if run:
+                out[len(out) - len(run)] = bytes(run).decode("utf-8", errors="replace")
+                run.clear()
+
+        for i in map(int, ids):
+            if self.sp.is_byte(i):
+                run.append(int(self.sp.id_to_piece(i)[3:-1], 16))
+                out.append("")
+            else:
+                flush()
+                out.append(self.sp.id_to_piece(i).replace("\u2581", " "))
+        flush()
+        return out
 
     def encode_turns(self, turns: list[str], max_len: int) -> list[int]:
         """Dialogue context: turns joined by <sep>, oldest first, trimmed from the oldest end to max_len."""

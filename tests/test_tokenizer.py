@@ -49,3 +49,12 @@ def test_garbage_model_is_a_clear_error():
 def test_too_small_vocabulary_is_a_clear_error():
     with pytest.raises(TokenizerError, match="Vocabulary size"):
         train_tokenizer(["some text here"] * 10, vocab_size=50)
+
+
+def test_pieces_are_readable_and_aligned_with_the_ids(tokenizer):
+    ids = tokenizer.encode("ok 🙂 <b>")
+    pieces = tokenizer.pieces(ids)
+    assert len(pieces) == len(ids)
+    # byte runs decode to their character, the rest of the run is ""; words start with a space (SentencePiece's ▁)
+    assert "".join(pieces) == " ok 🙂 <b>"
+    assert not any(p.startswith("<0x") for p in pieces)

@@ -1,0 +1,192 @@
+"""Every page through streamlit.testing.v1.AppTest, on tiny checkpoints trained from the fixtures."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+WEBAPP = Path(__file__).resolve().parent.parent / "webapp"
+sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]  # what app.py arranges when streamlit runs it
+
+HOSTILE = ["<script>alert(1)</script>", "![x](http://127.0.0.1:9/pixel.png)", "a\x00b\x1b[31mred\x07",
+           "x" * 100_000, "   ", ":red[colour] $x^2$ **bold**"]
+HOSTILE_IDS = ["script", "markdown-image", "control-chars", "100k-chars", "blank", "streamlit-markup"]
+
+
+@pytest.fixture
+def checkpoints(trained, tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for task, path in trained.items():
+        (folder / task).symlink_to(path)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(folder))
+    return folder
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(WEBAPP / name), default_timeout=120)
+
+
+def say(at: AppTest, text: str) -> AppTest:
+    at.chat_input[0].set_value(text).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def last_reply(at: AppTest) -> str:
+    return at.session_state.chat[-1]["content"]
+
+
+def test_chat_keeps_its_history_over_several_turns(checkpoints):
+    at = page("chat.py").run()
+    assert not at.exception
+    for n, text in enumerate(["hello there!", "how was your day?", "what are you doing tonight?"], 1):
+        say(at, text)
+        assert len(at.session_state.chat) == 2 * n
+        assert len(at.chat_message) == 2 * n
+    assert [m["role"] for m in at.session_state.chat] == ["user", "assistant"] * 3
+    assert at.session_state.chat[0]["content"] == "hello there!"
+    # four turns were sent the third time: the page says the oldest did not fit the model's 3-turn context
+    assert any("older" in note for note in at.session_state.chat[-1]["notes"])
+    at.sidebar.button[0].click().run()  # New chat
+    assert at.session_state.chat == []
+
+
+def test_greedy_gives_the_same_reply_twice(checkpoints):
+    at = page("chat.py").run()
+    at.radio(key="chat-strategy").set_value("greedy").run()
+    first = last_reply(say(at, "do you like movies?"))
+    at.sidebar.button[0].click().run()
+    assert last_reply(say(at, "do you like movies?")) == first
+
+
+def test_a_seed_reproduces_a_sampled_reply(checkpoints):
+    at = page("chat.py").run()
+    at.slider(key="chat-temperature").set_value(1.2).run()
+    at.text_input(key="chat-seed").set_value("11").run()
+    first = last_reply(say(at, "tell me about your weekend"))
+    at.sidebar.button[0].click().run()
+    assert last_reply(say(at, "tell me about your weekend")) == first
+
+
+def test_chat_reply_has_an_attention_map(checkpoints):
+    at = say(page("chat.py").run(), "what is your favourite food?")
+    reply = at.session_state.chat[-1]
+    assert reply["attention"] and len(reply["attention"]) == len(reply["reply_tokens"])
+    assert any(e.label == "Attention map" for e in at.expander)
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
+def test_hostile_chat_input_gets_a_message_or_plain_text(checkpoints, text):
+    at = say(page("chat.py").run(), text)
+    if not text.replace("\x00", "").strip() or len(text) > 1000:
+        assert at.warning and not at.session_state.chat
+    else:
+        assert len(at.session_state.chat) == 2
+        shown = at.chat_message[0].markdown[0].value
+        assert "<script>" not in shown and "![x](" not in shown and ":red[" not in shown
+        assert "\x00" not in at.session_state.chat[0]["content"]
+
+
+def test_generate_streams_text_with_a_rate(checkpoints):
+    at = page("generate.py").run()
+    at.text_input(key="generate-seed").set_value("3").run()
+    at.text_area[0].input("It was a dark night").run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("tokens/s" in c.value for c in at.caption)
+    first = [m.value for m in at.markdown]
+    at.button[0].click().run()
+    assert [m.value for m in at.markdown] == first  # same seed, same text
+
+
+def test_generate_several_samples_and_hostile_prompts(checkpoints):
+    at = page("generate.py").run()
+    at.number_input[0].set_value(2).run()
+    at.text_area[0].input("<script>alert(1)</script> ![x](http://127.0.0.1:9/x.png)").run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert [s.value for s in at.main.subheader] == ["Sample 1", "Sample 2"]
+    assert not any("<script>" in m.value for m in at.markdown)
+
+
+def analyse(at: AppTest, text: str) -> AppTest:
+    at.text_area[0].input(text).run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_sentiment_labels_plainly_positive_and_negative_text(checkpoints):
+    at = page("sentiment.py").run()
+    labels = {}
+    for text in ("Excellent product, works great, I love it, highly recommend.",
+                 "Terrible, it broke after one day, a complete waste of money, avoid."):
+        analyse(at, text)
+        labels[text[:9]] = at.metric[0].value
+        assert at.metric[1].label == "Probability" and "Rating" in at.metric[2].label
+    assert labels == {"Excellent": "positive", "Terrible,": "negative"}
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
+def test_hostile_sentiment_input(checkpoints, text):
+    at = page("sentiment.py").run()
+    at.text_area[0].input(text).run()  # max_chars in the browser; the page checks again
+    at.button[0].click().run()
+    assert not at.exception
+    if len(text) > 5000:  # the box itself stops at its limit, which its label states
+        assert at.warning or (len(at.text_area[0].value) <= 5000 and "up to 5,000" in at.text_area[0].label)
+    elif not text.replace("\x00", "").strip():
+        assert at.warning
+    else:
+        assert at.metric[0].value in ("positive", "negative")
+        shaded = [m.value for m in at.markdown if "<span" in m.value][0]
+        assert "<script" not in shaded and "<s" not in shaded.replace("<span", "").replace("</span", "")
+        assert "\x00" not in shaded
+
+
+def test_batch_upload_gives_one_row_per_text(checkpoints):
+    at = page("sentiment.py").run()
+    csv = "id,review\n" + "".join(f'{i},"review number {i}, it was {"great" if i % 2 else "bad"}"\n'
+                                  for i in range(25))
+    at.file_uploader[0].upload("reviews.csv", csv.encode(), "text/csv").run()
+    assert not at.exception
+    at.selectbox[0].set_value("review").run()
+    table = at.dataframe[0].value
+    assert len(table) == 25 and list(table.columns)[:3] == ["text", "label", "probability"]
+    assert at.download_button[0].label.startswith("Download")
+    at.file_uploader[0].upload("lines.txt", b"good\n\nbad\nfine\n", "text/plain").run()
+    assert len(at.dataframe[0].value) == 3
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("big.txt", b"x\n" * 1_100_000, "limit is 2,000,000"),
+    ("bin.csv", b"\x00\x01\x02", "binary"),
+    ("latin.txt", "café".encode("latin-1"), "not UTF-8"),
+    ("rows.txt", b"a\n" * 6000, "limit is 5,000"),
+])
+def test_bad_uploads_get_a_clear_message(checkpoints, name, data, message):
+    at = page("sentiment.py").run()
+    at.file_uploader[0].upload(name, data, "text/plain").run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+
+
+def test_models_page_shows_each_checkpoint(checkpoints):
+    at = page("model_cards.py").run()
+    assert not at.exception
+    assert [h.value for h in at.header] == ["Chat (encoder-decoder with attention)", "Language model",
+                                            "Sentiment classifier"]
+    assert len(at.metric) == 9
+
+
+def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoints):
+    (checkpoints / "chat").unlink()
+    at = page("chat.py").run()
+    assert not at.exception
+    assert "not available" in at.error[0].value
+    assert "configs/chat.toml" in at.code[0].value
+    assert not page("generate.py").run().exception
+    cards = page("model_cards.py").run()
+    assert not cards.exception and "Not available" in cards.warning[0].value

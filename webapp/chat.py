@@ -1,0 +1,85 @@
+"""Chat with the attention-augmented LSTM encoder-decoder."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from nlp.decoding import GenerationError
+from nlp.serve import chat_reply, strip_control
+from ui import MAX_MESSAGE_CHARS, decoding_controls, generator, model_or_stop, plain
+
+st.title("Chat")
+ck = model_or_stop("chat")
+cfg, seed = decoding_controls("chat", default_strategy="sample")
+turns = ck.config.get("train", {}).get("context_turns", 3)
+st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and movie dialogue. It sees the last "
+           f"{turns} turns of the conversation. Messages up to {MAX_MESSAGE_CHARS:,} characters.")
+
+if st.sidebar.button("New chat", type="primary", use_container_width=True) or "chat" not in st.session_state:
+    st.session_state.chat = []
+
+
+def attention_chart(reply: dict):
+    rows = [{"reply token": f"{i:02d} {r}", "context token": f"{j:03d} {c}", "weight": w}
+            for i, (r, row) in enumerate(zip(reply["reply_tokens"], reply["attention"]))
+            for j, (c, w) in enumerate(zip(reply["context_tokens"], row))]
+    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+        x=alt.X("context token:N", sort=None, title="context (what the model read)"),
+        y=alt.Y("reply token:N", sort=None, title="reply (what it wrote)"),
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues")),
+        tooltip=["reply token", "context token", alt.Tooltip("weight:Q", format=".3f")])
+
+
+def show(message: dict):
+    with st.chat_message(message["role"]):
+        st.markdown(plain(message["content"]))
+        for note in message.get("notes", []):
+            st.caption(note)
+        if message.get("attention"):
+            with st.expander("Attention map"):
+                st.altair_chart(attention_chart(message), use_container_width=True)
+
+
+for message in st.session_state.chat:
+    show(message)
+
+prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
+if prompt is not None:
+    text, removed = strip_control(prompt)
+    if not text.strip():
+        st.warning("The message is empty: type something to get a reply.")
+    elif len(text) > MAX_MESSAGE_CHARS:
+        st.warning(f"The message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. "
+                   "Please shorten it.")
+    else:
+        user = {"role": "user", "content": text}
+        if removed:
+            user["notes"] = [f"{removed} control character(s) were removed from the message."]
+        st.session_state.chat.append(user)
+        show(user)
+        history = [m["content"] for m in st.session_state.chat]
+        with st.chat_message("assistant"):
+            try:
+                reply = chat_reply(ck, history, cfg, generator(seed))
+                st.write_stream(plain(piece) for piece in reply.stream)
+            except GenerationError as e:
+                st.error(str(e))
+                st.stop()
+            notes = []
+            if reply.turns_dropped:
+                notes.append(f"The model saw the last {reply.turns_used} turns; {reply.turns_dropped} older "
+                             "turn(s) were not sent.")
+            if reply.tokens_dropped:
+                notes.append(f"The oldest {reply.tokens_dropped} token(s) of that context were cut to fit the "
+                             f"model's {len(reply.context_tokens)}-token input.")
+            if not reply.text.strip():
+                notes.append("The model produced an empty reply; try sampling or a higher temperature.")
+            for note in notes:
+                st.caption(note)
+            message = {"role": "assistant", "content": reply.text, "notes": notes,
+                       "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
+                       "attention": reply.attention}
+            if reply.attention:
+                with st.expander("Attention map"):
+                    st.altair_chart(attention_chart(message), use_container_width=True)
+        st.session_state.chat.append(message)

@@ -1,0 +1,59 @@
+"""What each model is: size, configuration, training curves and test metrics with baselines."""
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from nlp.checkpoint import LOG, METRICS, CheckpointError
+from ui import RECIPES, checkpoints_dir, load_cached
+
+st.title("Models")
+st.caption("Every number here comes from the files in the checkpoint folder: its training log and the "
+           "metrics.json that `python -m nlp eval` wrote.")
+
+NAMES = {"chat": "Chat (encoder-decoder with attention)", "lm": "Language model", "sentiment": "Sentiment classifier"}
+for task, title in NAMES.items():
+    st.header(title)
+    path = checkpoints_dir() / task
+    try:
+        ck = load_cached(str(path))
+    except CheckpointError as e:
+        st.warning(f"Not available: {e}")
+        st.code(f"python -m nlp train --config {RECIPES[task]}", language="bash")
+        continue
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Parameters", f"{ck.config.get('parameters', 0):,}")
+    c2.metric("Folder size", f"{size / 1e6:.1f} MB")
+    c3.metric("Stored as", ck.config.get("dtype", "float32"))
+    with st.expander("Configuration (config.json)"):
+        st.json({k: ck.config[k] for k in ("model", "train", "data") if k in ck.config})
+    log_file = path / LOG
+    if log_file.exists():
+        rows = []
+        for line in log_file.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            for key in ("train_loss", "val_loss"):
+                if key in r and "step" in r:
+                    rows.append({"step": r["step"], "loss": r[key], "curve": key.replace("_", " ")})
+        if rows:
+            st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+                x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="curve:N"),
+                use_container_width=True)
+    if ck.metrics:
+        for name, result in ck.metrics.items():
+            if not isinstance(result, dict) or "metrics" not in result:
+                continue
+            st.subheader(f"Test metrics: {name}")
+            flat = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+            table = {"this model": flat}
+            for base, values in result.get("baselines", {}).items():
+                table[base] = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            st.dataframe(pd.DataFrame(table), use_container_width=True)
+    else:
+        st.caption(f"No {METRICS} yet: `python -m nlp eval --checkpoint {path} --corpus ... --split test`.")

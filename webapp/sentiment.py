@@ -1,0 +1,102 @@
+"""Sentiment of a sentence or a whole file, with the classifier's attention over the tokens."""
+
+import html
+import io
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from nlp.serve import classify, strip_control
+from ui import MAX_SENTENCE_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, model_or_stop, plain
+
+LABELS = {0: "negative", 1: "positive"}
+
+st.title("Sentiment")
+ck = model_or_stop("sentiment")
+st.caption("A BiLSTM with attention pooling, trained on rated movie reviews, tweets, product reviews and "
+           "newspaper editorials. It gives a label, its probability, and a rating from -4 (very negative) "
+           "to +4 (very positive).")
+
+
+def shaded(tokens: list[str], weights: list[float]) -> str:
+    """Tokens as HTML spans shaded by attention; every token is HTML-escaped, so only our markup renders."""
+    top = max(weights) if weights else 1.0
+    spans = [f'<span style="background: rgba(255, 160, 0, {w / top:.2f}); padding: 1px 0; border-radius: 3px">'
+             f"{html.escape(t).replace(' ', '&nbsp;')}</span>" for t, w in zip(tokens, weights)]
+    return '<div style="line-height: 2; font-size: 1.05rem">' + "".join(spans) + "</div>"
+
+
+single, batch = st.tabs(["One text", "A file"])
+with single:
+    text = st.text_area(f"Text (up to {MAX_SENTENCE_CHARS:,} characters)", "A gorgeous, moving and funny film.",
+                        max_chars=MAX_SENTENCE_CHARS)
+    if st.button("Analyse", type="primary"):
+        clean, removed = strip_control(text)
+        if not clean.strip():
+            st.warning("The text is empty: type a sentence to analyse.")
+        elif len(clean) > MAX_SENTENCE_CHARS:
+            st.warning(f"The text has {len(clean):,} characters; the limit is {MAX_SENTENCE_CHARS:,}.")
+        else:
+            if removed:
+                st.caption(f"{removed} control character(s) were removed.")
+            r = classify(ck, [clean])[0]
+            c1, c2, c3 = st.columns(3)
+            c1.metric("Label", LABELS[r["label"]])
+            c2.metric("Probability", f"{r['probability']:.2f}")
+            if "rating" in r:
+                c3.metric("Rating (-4 .. +4)", f"{r['rating']:+.2f}")
+            if len(r["tokens"]) < len(ck.tokenizer.encode(clean)):
+                st.caption(f"Only the first {len(r['tokens'])} tokens were read.")
+            st.markdown("**Where the classifier looked** (darker = more attention):")
+            st.markdown(shaded(r["tokens"], r["attention"]), unsafe_allow_html=True)
+
+with batch:
+    st.markdown(f"Upload a **CSV** (choose its text column) or a **TXT** file (one text a line): at most "
+                f"{MAX_UPLOAD_BYTES // 1_000_000} MB and {MAX_UPLOAD_ROWS:,} rows.")
+    upload = st.file_uploader("File", type=["csv", "txt"])
+    if upload is not None:
+        data = upload.getvalue()
+        frame = None
+        if len(data) > MAX_UPLOAD_BYTES:
+            st.error(f"The file has {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}.")
+        elif b"\x00" in data:
+            st.error("The file looks binary (it contains NUL bytes); upload a UTF-8 CSV or text file.")
+        else:
+            try:
+                body = data.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                st.error("The file is not UTF-8 text.")
+                body = None
+            if body is not None:
+                if upload.name.lower().endswith(".csv"):
+                    try:
+                        frame = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
+                    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+                        st.error(f"The CSV could not be read: {str(e).splitlines()[0]}")
+                else:
+                    frame = pd.DataFrame({"text": [line for line in body.splitlines() if line.strip()]})
+        if frame is not None:
+            if frame.empty or not len(frame.columns):
+                st.error("The file has no rows.")
+            elif len(frame) > MAX_UPLOAD_ROWS:
+                st.error(f"The file has {len(frame):,} rows; the limit is {MAX_UPLOAD_ROWS:,}.")
+            else:
+                columns = list(frame.columns)
+                default = columns.index("text") if "text" in columns else 0
+                column = st.selectbox("Text column", columns, index=default)
+                texts = [strip_control(str(t))[0][:MAX_SENTENCE_CHARS] for t in frame[column]]
+                results = classify(ck, texts)
+                out = pd.DataFrame({"text": frame[column], "label": [LABELS[r["label"]] for r in results],
+                                    "probability": [round(r["probability"], 4) for r in results]})
+                if results and "rating" in results[0]:
+                    out["rating"] = [round(r["rating"], 3) for r in results]
+                st.dataframe(out, use_container_width=True, hide_index=True)
+                counts = out["label"].value_counts().rename_axis("label").reset_index(name="count")
+                st.altair_chart(alt.Chart(counts).mark_bar().encode(x="label:N", y="count:Q", color="label:N"),
+                                use_container_width=True)
+                st.download_button("Download predictions (CSV)", out.to_csv(index=False).encode(),
+                                   file_name="sentiment_predictions.csv", mime="text/csv")
+                if any(len(str(t)) > MAX_SENTENCE_CHARS for t in frame[column]):
+                    st.caption(plain(f"Texts longer than {MAX_SENTENCE_CHARS:,} characters were read up to "
+                                     "that length."))

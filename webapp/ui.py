@@ -1,0 +1,111 @@
+"""What the pages share: loading checkpoints once per process, decoding controls, limits, plain-text output.
+
+Pages call the library (nlp.serve, nlp.checkpoint) and format what it returns; no tensor code lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run webapp/app.py` puts webapp/, not the repository, on the path
+    sys.path.insert(0, str(ROOT))
+
+from nlp.checkpoint import Checkpoint, CheckpointError, load_checkpoint  # noqa: E402
+from nlp.decoding import GenerationConfig, GenerationError, make_generator  # noqa: E402
+
+
+def checkpoints_dir() -> Path:
+    """The shipped checkpoints, or $NLP_CHECKPOINTS (read on each call, so tests and hosts can point elsewhere)."""
+    return Path(os.environ.get("NLP_CHECKPOINTS") or ROOT / "checkpoints")
+
+RECIPES = {"lm": "configs/lm.toml", "chat": "configs/chat.toml", "sentiment": "configs/sentiment.toml"}
+
+# Input limits, told to the user on the page and enforced (never cut silently)
+MAX_MESSAGE_CHARS = 1_000
+MAX_PROMPT_CHARS = 2_000
+MAX_SENTENCE_CHARS = 5_000
+MAX_UPLOAD_BYTES = 2_000_000
+MAX_UPLOAD_ROWS = 5_000
+MAX_SAMPLES = 5
+
+
+@st.cache_resource(show_spinner="Loading the model ...")
+def load_cached(path: str) -> Checkpoint:
+    """One loaded model per checkpoint folder and process, shared by every session."""
+    return load_checkpoint(path)
+
+
+def model_or_stop(task: str) -> Checkpoint:
+    """The checkpoint for `task`, or a clear message with the rebuild command and an end to this page."""
+    path = checkpoints_dir() / task
+    try:
+        ck = load_cached(str(path))
+    except CheckpointError as e:
+        st.error(f"The {task} model is not available: {e}")
+        st.markdown("Rebuild it with:")
+        st.code(f"python -m nlp train --config {RECIPES[task]}", language="bash")
+        st.stop()
+    if ck.task != task:
+        st.error(f"{path} holds a {ck.task} model, not a {task} model.")
+        st.stop()
+    return ck
+
+
+_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(text: str) -> str:
+    """Text that Streamlit's Markdown shows exactly as written: every ASCII punctuation mark is escaped
+    (CommonMark allows that for all of them), so no link, image, HTML, emoji code or formula is rendered."""
+    return _PUNCT.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def decoding_controls(key: str, default_strategy: str = "sample") -> tuple[GenerationConfig, int | None]:
+    """Sidebar controls for decoding; returns the config and the seed (None = random)."""
+    sb = st.sidebar
+    sb.subheader("Decoding")
+    strategies = ["sample", "greedy", "beam"]
+    strategy = sb.radio("Strategy", strategies, index=strategies.index(default_strategy), key=f"{key}-strategy",
+                        horizontal=True,
+                        help="sample: draw each token at random from the filtered distribution; greedy: always "
+                             "the most likely token; beam: search several continuations and keep the best")
+    temperature = sb.slider("Temperature (lower = more predictable, higher = more surprising)", 0.0, 2.0, 0.8,
+                            0.05, key=f"{key}-temperature", help="0 behaves like greedy decoding")
+    top_k = sb.slider("Top-k (0 = off)", 0, 200, 0, key=f"{key}-top-k",
+                      help="sample only among the k most likely tokens")
+    top_p = sb.slider("Top-p (nucleus)", 0.05, 1.0, 0.9, 0.05, key=f"{key}-top-p",
+                      help="sample among the most likely tokens that together reach this probability")
+    min_p = sb.slider("Min-p (0 = off)", 0.0, 0.5, 0.0, 0.01, key=f"{key}-min-p",
+                      help="drop tokens less likely than this fraction of the most likely one")
+    repetition = sb.slider("Repetition penalty (1 = off)", 1.0, 2.0, 1.1, 0.05, key=f"{key}-rep",
+                           help="divides the probability of tokens already in the text")
+    no_repeat = sb.slider("No-repeat n-gram size (0 = off)", 0, 6, 3, key=f"{key}-ngram",
+                          help="never repeat a sequence of this many tokens")
+    beams = sb.slider("Beams", 1, 8, 4, key=f"{key}-beams", help="for the beam strategy")
+    max_new = sb.slider("Max new tokens", 1, 200, 40 if key == "chat" else 80, key=f"{key}-max")
+    seed_text = sb.text_input("Seed (blank = random)", "", key=f"{key}-seed",
+                              help="the same seed and settings give the same sampled text")
+    seed = None
+    if seed_text.strip():
+        try:
+            seed = int(seed_text.strip())
+        except ValueError:
+            sb.warning("The seed must be a whole number; using a random one.")
+    try:
+        cfg = GenerationConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                               repetition_penalty=repetition, no_repeat_ngram_size=no_repeat, num_beams=beams,
+                               max_new_tokens=max_new)
+    except GenerationError as e:
+        sb.error(str(e))
+        st.stop()
+    return cfg, seed
+
+
+def generator(seed: int | None):
+    return make_generator(seed)
