@@ -1,0 +1,113 @@
+"""The app in a real browser: started with the Procfile's command, driven by Playwright in headless Chromium.
+
+Needs Debian's chromium (/usr/bin/chromium) and the playwright package; .ci/run installs both. Screenshots
+of each page go to test-output/screenshots/.
+"""
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-output" / "screenshots"
+pytestmark = pytest.mark.browser
+
+playwright = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(trained, tmp_path_factory):
+    """The app started exactly as a Procfile host would start it, on tiny fixture checkpoints."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for task, path in trained.items():
+        (folder / task).symlink_to(path)
+    port = free_port()
+    line = (ROOT / "Procfile").read_text().strip()
+    assert line.startswith("web: ")
+    command = shlex.split(line[len("web: "):].replace("$PORT", str(port)))
+    assert shutil.which(command[0]), command[0]
+    env = {**os.environ, "NLP_CHECKPOINTS": str(folder), "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start: " + Path(log.name).read_text()[-2000:])
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def test_chat_in_the_browser(app, page):
+    page.goto(app)
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill("hello! how are you today?")
+    box.press("Enter")
+    messages = page.get_by_test_id("stChatMessage")
+    messages.nth(1).wait_for()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=stChatMessage]').length >= 2 && "
+                           "!document.querySelector('[data-testid=stStatusWidget]')")
+    reply = messages.nth(1).inner_text().strip()
+    assert reply, "the streamed reply is empty"
+    assert messages.nth(0).inner_text().strip().endswith("hello! how are you today?")
+    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+
+
+def test_generate_in_the_browser(app, page):
+    page.goto(app + "/generate")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("tokens/s").wait_for()
+    page.screenshot(path=str(SHOTS / "generate.png"), full_page=True)
+
+
+def test_sentiment_in_the_browser(app, page):
+    page.goto(app + "/sentiment")
+    page.get_by_label("Text (up to 5,000 characters)").fill("Excellent product, works great, I love it.")
+    page.get_by_role("button", name="Analyse").click()
+    page.get_by_text("Where the classifier looked").wait_for()
+    label = page.get_by_test_id("stMetricValue").first.inner_text()
+    assert label in ("positive", "negative")
+    page.screenshot(path=str(SHOTS / "sentiment.png"), full_page=True)
+
+
+def test_models_page_in_the_browser(app, page):
+    page.goto(app + "/model_cards")
+    page.get_by_text("Sentiment classifier").wait_for()
+    page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
