@@ -186,3 +186,21 @@ def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, mo
     assert json.loads((out / "resume" / "state.json").read_text())["step"] == 6
     monkeypatch.setattr(T.Trainer, "train_step", real)
     assert train_tiny("lm", out, tokenizer.path, "--max-steps", "8", "--epochs", "1", "--resume")["step"] == 8
+
+
+def test_init_from_copies_matching_weights_from_a_language_model(tmp_path, tokenizer, trained):
+    """ULMFiT-style start: the classifier takes the LM's embedding (and forward LSTM layer where sizes fit)."""
+    from nlp.models import SentimentClassifier, SentimentConfig
+
+    lm = load_checkpoint(trained["lm"]).model
+    out = tmp_path / "s"
+    cfg = resolve_config(["--task", "sentiment", "--corpus", str(SENTIMENT), "--out", str(out), "--tokenizer",
+                          str(tokenizer.path), "--init-from", str(trained["lm"]), "--model.emb_dim", "32",
+                          "--model.hidden_size", "32", "--model.num_layers", "1", "--model.attn_dim", "8"])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.model, SentimentClassifier) and isinstance(trainer.model.config, SentimentConfig)
+    torch.testing.assert_close(trainer.model.embed.weight, lm.embed.weight)
+    torch.testing.assert_close(trainer.model.encoder.weight_hh_l0, lm.rnn.weight_hh_l0)
+    taken = next(r for r in log_of(out) if r.get("event") == "init_from")["tensors"]
+    assert "embed.weight" in taken and "encoder.weight_ih_l0" in taken
+    assert not any("reverse" in k for k in taken)
