@@ -100,8 +100,8 @@ class Checkpoint:
 
 
 def rebuild_hint(path: Path) -> str:
-    return (f"rebuild it with `python -m nlp train --config configs/<task>.toml --out {path}` "
-            "(see README: Retraining)")
+    recipe = f"configs/{path.name}.toml" if path.name in ("lm", "chat", "sentiment") else "configs/<task>.toml"
+    return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (README: Training)"
 
 
 def read_config(path: str | Path) -> dict:
