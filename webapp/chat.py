@@ -4,9 +4,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from nlp.decoding import GenerationError
+from nlp.decoding import GenerationError, make_generator
 from nlp.serve import chat_reply, strip_control
-from ui import MAX_MESSAGE_CHARS, decoding_controls, generator, model_or_stop, plain
+from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain
 
 st.title("Chat")
 ck = model_or_stop("chat")
@@ -60,7 +60,7 @@ if prompt is not None:
         history = [m["content"] for m in st.session_state.chat]
         with st.chat_message("assistant"):
             try:
-                reply = chat_reply(ck, history, cfg, generator(seed))
+                reply = chat_reply(ck, history, cfg, make_generator(seed))
                 st.write_stream(plain(piece) for piece in reply.stream)
             except GenerationError as e:
                 st.error(str(e))

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
+from nlp.decoding import make_generator
 from nlp.serve import continue_text, strip_control
-from ui import MAX_PROMPT_CHARS, MAX_SAMPLES, decoding_controls, generator, model_or_stop, plain
+from ui import MAX_PROMPT_CHARS, MAX_SAMPLES, decoding_controls, model_or_stop, plain
 
 st.title("Generate")
 ck = model_or_stop("lm")
@@ -25,7 +26,7 @@ if st.button("Generate", type="primary"):
     for n in range(int(samples)):
         if samples > 1:
             st.subheader(f"Sample {n + 1}")
-        gen = continue_text(ck, text, cfg, generator(None if seed is None else seed + n))
+        gen = continue_text(ck, text, cfg, make_generator(None if seed is None else seed + n))
         with st.container(border=True):
             st.markdown(plain(text))
             st.write_stream(plain(piece) for piece in gen.stream)

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # `streamlit run webapp/app.py` puts webapp/, not
     sys.path.insert(0, str(ROOT))
 
 from nlp.checkpoint import Checkpoint, CheckpointError, load_checkpoint  # noqa: E402
-from nlp.decoding import GenerationConfig, GenerationError, make_generator  # noqa: E402
+from nlp.decoding import GenerationConfig, GenerationError  # noqa: E402
 
 
 def checkpoints_dir() -> Path:
@@ -105,7 +105,3 @@ def decoding_controls(key: str, default_strategy: str = "sample") -> tuple[Gener
         sb.error(str(e))
         st.stop()
     return cfg, seed
-
-
-def generator(seed: int | None):
-    return make_generator(seed)
