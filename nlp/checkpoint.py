@@ -76,6 +76,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, ex
     tensors = {k: v.cpu() for k, v in state.items()}
     tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # like the other files; a host serving the folder as another user can read it
     weights_sha = _sha256(tmp.read_bytes())
     os.replace(tmp, path / WEIGHTS)
     write_atomic(path / TOKENIZER, tokenizer.model_bytes)
