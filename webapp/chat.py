@@ -15,7 +15,7 @@ turns = ck.config.get("train", {}).get("context_turns", 3)
 st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and movie dialogue. It sees the last "
            f"{turns} turns of the conversation. Messages up to {MAX_MESSAGE_CHARS:,} characters.")
 
-if st.sidebar.button("New chat", type="primary", use_container_width=True) or "chat" not in st.session_state:
+if st.sidebar.button("New chat", type="primary", width="stretch") or "chat" not in st.session_state:
     st.session_state.chat = []
 
 
@@ -37,7 +37,7 @@ def show(message: dict):
             st.caption(note)
         if message.get("attention"):
             with st.expander("Attention map"):
-                st.altair_chart(attention_chart(message), use_container_width=True)
+                st.altair_chart(attention_chart(message), width="stretch")
 
 
 for message in st.session_state.chat:
@@ -81,5 +81,5 @@ if prompt is not None:
                        "attention": reply.attention}
             if reply.attention:
                 with st.expander("Attention map"):
-                    st.altair_chart(attention_chart(message), use_container_width=True)
+                    st.altair_chart(attention_chart(message), width="stretch")
         st.session_state.chat.append(message)

@@ -44,7 +44,7 @@ for task, title in NAMES.items():
         if rows:
             st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
                 x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="curve:N"),
-                use_container_width=True)
+                width="stretch")
     if ck.metrics:
         for name, result in ck.metrics.items():
             if not isinstance(result, dict) or "metrics" not in result:
@@ -54,6 +54,6 @@ for task, title in NAMES.items():
             table = {"this model": flat}
             for base, values in result.get("baselines", {}).items():
                 table[base] = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-            st.dataframe(pd.DataFrame(table), use_container_width=True)
+            st.dataframe(pd.DataFrame(table), width="stretch")
     else:
         st.caption(f"No {METRICS} yet: `python -m nlp eval --checkpoint {path} --corpus ... --split test`.")

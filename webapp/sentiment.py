@@ -91,10 +91,10 @@ with batch:
                                     "probability": [round(r["probability"], 4) for r in results]})
                 if results and "rating" in results[0]:
                     out["rating"] = [round(r["rating"], 3) for r in results]
-                st.dataframe(out, use_container_width=True, hide_index=True)
+                st.dataframe(out, width="stretch", hide_index=True)
                 counts = out["label"].value_counts().rename_axis("label").reset_index(name="count")
                 st.altair_chart(alt.Chart(counts).mark_bar().encode(x="label:N", y="count:Q", color="label:N"),
-                                use_container_width=True)
+                                width="stretch")
                 st.download_button("Download predictions (CSV)", out.to_csv(index=False).encode(),
                                    file_name="sentiment_predictions.csv", mime="text/csv")
                 if any(len(str(t)) > MAX_SENTENCE_CHARS for t in frame[column]):
