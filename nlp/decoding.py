@@ -260,17 +260,6 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], prompt_ids: list[in
         yield final[len(emitted):]
 
 
-def generate(model, tokenizer: Tokenizer, prompt_ids: list[int], cfg: GenerationConfig,
-             generator: torch.Generator | None = None, trace: list | None = None) -> Iterator[str]:
-    """Stream text for any strategy (beam search yields its best hypothesis at once)."""
-    text_prompt = prompt_ids if model.task == "lm" else []
-    if cfg.strategy == "beam":
-        best = beam_search(model, prompt_ids, cfg)[0][0]
-        yield decode_text(tokenizer, best, text_prompt)
-        return
-    yield from stream_text(tokenizer, sample_tokens(model, prompt_ids, cfg, generator, trace), text_prompt)
-
-
 @torch.no_grad()
 def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
                  generator: torch.Generator | None = None) -> list[list[int]]:

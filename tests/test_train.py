@@ -7,9 +7,9 @@ import torch
 
 from nlp.checkpoint import load_checkpoint
 from nlp.config import resolve_config
-from nlp.decoding import GenerationConfig, generate, make_generator
+from nlp.decoding import GenerationConfig, make_generator
 from nlp.evaluate import evaluate
-from nlp.serve import classify
+from nlp.serve import chat_reply, classify, continue_text
 from nlp.train import Trainer
 from tests.conftest import CHAT, LM_TEXT, SENTIMENT, train_tiny
 
@@ -28,8 +28,7 @@ def test_lm_end_to_end(trained):
     assert m["words"] > 0 and m["token_perplexity"] < ck.tokenizer.vocab_size  # better than uniform
     assert m["word_perplexity"] > m["token_perplexity"]  # fewer words than tokens: same NLL, bigger exponent
     assert "unigram_add_one" in result["baselines"]
-    text = "".join(generate(ck.model, ck.tokenizer, ck.tokenizer.encode("The sea"),
-                            GenerationConfig(max_new_tokens=20), make_generator(0)))
+    text = "".join(continue_text(ck, "The sea", GenerationConfig(max_new_tokens=20), make_generator(0)).stream)
     assert text.strip()
 
 
@@ -41,12 +40,10 @@ def test_chat_end_to_end(trained):
     for key in ("f1", "bleu", "distinct_1", "distinct_2", "token_perplexity", "word_perplexity"):
         assert key in m
     assert {"tfidf_retrieval", "most_frequent_reply"} <= set(result["baselines"])
-    trace = []
     ids = ck.tokenizer.encode_turns(["hi, how are you?"], 96)
-    reply = "".join(generate(ck.model, ck.tokenizer, ids, GenerationConfig(strategy="greedy", max_new_tokens=12),
-                             trace=trace))
-    assert reply.strip()
-    assert len(trace) >= 1 and all(t.shape == (len(ids),) for t in trace)
+    reply = chat_reply(ck, ["hi, how are you?"], GenerationConfig(strategy="greedy", max_new_tokens=12))
+    assert "".join(reply.stream).strip()
+    assert len(reply.attention) >= 1 and all(len(row) == len(ids) for row in reply.attention)
 
 
 def test_sentiment_end_to_end(trained):
