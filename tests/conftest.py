@@ -26,6 +26,13 @@ TINY = {
 CORPUS = {"lm": LM_TEXT, "chat": CHAT, "sentiment": SENTIMENT}
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("browser tests")
+    group.addoption("--checkpoints", default=None,
+                    help="serve this checkpoints folder (e.g. checkpoints) instead of tiny fixture models")
+    group.addoption("--screenshots", default="test-output/screenshots", help="where page screenshots go")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Corpora built by tests go to a temporary cache, never the user's."""

@@ -1,7 +1,10 @@
 """The app in a real browser: started with the Procfile's command, driven by Playwright in headless Chromium.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package; .ci/run installs both. Screenshots
-of each page go to test-output/screenshots/.
+of each page go to test-output/screenshots/ (or --screenshots DIR). With --checkpoints DIR the app serves
+that folder instead of tiny fixture models; the README's screenshots come from
+
+    python -m pytest tests/test_browser.py --checkpoints checkpoints --screenshots docs/screenshots
 """
 
 import os
@@ -17,7 +20,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output" / "screenshots"
 pytestmark = pytest.mark.browser
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -32,11 +34,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app(trained, tmp_path_factory):
-    """The app started exactly as a Procfile host would start it, on tiny fixture checkpoints."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    for task, path in trained.items():
-        (folder / task).symlink_to(path)
+def shots(request) -> Path:
+    folder = ROOT / request.config.getoption("--screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(request, tmp_path_factory):
+    """The app started exactly as a Procfile host would start it, on tiny fixture checkpoints or --checkpoints."""
+    if request.config.getoption("--checkpoints"):
+        folder = (ROOT / request.config.getoption("--checkpoints")).resolve()
+    else:
+        folder = tmp_path_factory.mktemp("checkpoints")
+        for task, path in request.getfixturevalue("trained").items():
+            (folder / task).symlink_to(path)
     port = free_port()
     line = (ROOT / "Procfile").read_text().strip()
     assert line.startswith("web: ")
@@ -64,7 +76,6 @@ def app(trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -75,7 +86,7 @@ def page(app):
         browser.close()
 
 
-def test_chat_in_the_browser(app, page):
+def test_chat_in_the_browser(app, page, shots):
     page.goto(app)
     page.get_by_text("greedy", exact=True).click()  # deterministic reply (a sampled one may be empty)
     box = page.get_by_test_id("stChatInputTextArea")
@@ -88,27 +99,27 @@ def test_chat_in_the_browser(app, page):
     reply = messages.nth(1).get_by_test_id("stMarkdownContainer").first.inner_text().strip()
     assert reply, "the streamed reply is empty"
     assert messages.nth(0).inner_text().strip().endswith("hi, how are you?")
-    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+    page.screenshot(path=str(shots / "chat.png"), full_page=True)
 
 
-def test_generate_in_the_browser(app, page):
+def test_generate_in_the_browser(app, page, shots):
     page.goto(app + "/generate")
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("tokens/s").wait_for()
-    page.screenshot(path=str(SHOTS / "generate.png"), full_page=True)
+    page.screenshot(path=str(shots / "generate.png"), full_page=True)
 
 
-def test_sentiment_in_the_browser(app, page):
+def test_sentiment_in_the_browser(app, page, shots):
     page.goto(app + "/sentiment")
     page.get_by_label("Text (up to 5,000 characters)").fill("Excellent product, works great, I love it.")
     page.get_by_role("button", name="Analyse").click()
     page.get_by_text("Where the classifier looked").wait_for()
     label = page.get_by_test_id("stMetricValue").first.inner_text()
     assert label in ("positive", "negative")
-    page.screenshot(path=str(SHOTS / "sentiment.png"), full_page=True)
+    page.screenshot(path=str(shots / "sentiment.png"), full_page=True)
 
 
-def test_models_page_in_the_browser(app, page):
+def test_models_page_in_the_browser(app, page, shots):
     page.goto(app + "/model_cards")
     page.get_by_text("Sentiment classifier").wait_for()
-    page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
+    page.screenshot(path=str(shots / "models.png"), full_page=True)
