@@ -158,11 +158,18 @@ class Trainer:
         return batches[self.rank * per:(self.rank + 1) * per]  # equal counts, or DDP would wait forever
 
     def val_batches(self) -> list:
-        if self.cfg.task == "lm":
-            b = D.lm_windows(self.val_data, self.cfg.bptt)
-        else:
-            b = D.batches_of(self.val_data, self.cfg.eval_batch_size, None)
-        return b[: self.cfg.eval_batches] if self.cfg.eval_batches else b
+        """Validation batches; with --eval-batches N, N batches of a fixed random sample of the examples.
+
+        (Batches are built in length order, so the first N batches alone would be the N shortest ones.)
+        """
+        cfg = self.cfg
+        if cfg.task == "lm":  # contiguous text: the first N windows are as representative as any
+            b = D.lm_windows(self.val_data, cfg.bptt)
+            return b[: cfg.eval_batches] if cfg.eval_batches else b
+        examples = self.val_data
+        if cfg.eval_batches and len(examples) > cfg.eval_batches * cfg.eval_batch_size:
+            examples = random.Random(cfg.seed).sample(examples, cfg.eval_batches * cfg.eval_batch_size)
+        return D.batches_of(examples, cfg.eval_batch_size, None)
 
     # model pieces ----------------------------------------------------------------
     def _init_from(self, path: Path):

@@ -71,6 +71,17 @@ def test_sentiment_learns_the_training_set(tmp_path, tokenizer):
     assert acc > 0.75
 
 
+def test_eval_batches_sample_the_validation_set_not_its_shortest_examples(tmp_path, tokenizer):
+    cfg = resolve_config(["--task", "sentiment", "--corpus", str(SENTIMENT), "--tokenizer", str(tokenizer.path),
+                          "--out", str(tmp_path / "s"), "--eval-batches", "2", "--eval-batch-size", "4"])
+    trainer = Trainer(cfg)
+    every = sorted(len(e.ids) for e in trainer.val_data)
+    picked = sorted(int(n) for b in trainer.val_batches() for n in b["lengths"])
+    assert len(picked) == 8 and len(every) > 16
+    assert picked != every[:8]  # not simply the shortest eight
+    assert trainer.val_batches()[0]["ids"].equal(trainer.val_batches()[0]["ids"])  # the same sample each time
+
+
 def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
     out = tmp_path / "run"
     first = train_tiny("lm", out, tokenizer.path, "--max-steps", "7", "--epochs", "3")
