@@ -112,7 +112,7 @@ def cmd_eval(a) -> int:
     ck = load(a.checkpoint, task=_task_of_checkpoint(a.checkpoint))
     gen = generation_config(a) if ck.task == "chat" else None
     result = evaluate(ck, a.corpus, a.split, a.max_examples, gen, seed=a.seed or 0)
-    where = record(result, Path(a.checkpoint), Path(a.output) if a.output else None)
+    where = record(result, Path(a.checkpoint), Path(a.output) if a.output else None, a.tag)
     if a.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
     else:
@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-examples", type=int, default=0, help="evaluate on this many rows (0 = all)")
     e.add_argument("--json", action="store_true", help="print the whole result as JSON")
     e.add_argument("--output", help="write the JSON here instead of CHECKPOINT/metrics.json")
+    e.add_argument("--tag", default="", help="store the result in metrics.json as CORPUS:SPLIT:TAG (e.g. the "
+                   "decoding), beside the untagged one")
     add_generation_args(e)
     e.set_defaults(fn=cmd_eval)
 

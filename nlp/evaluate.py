@@ -195,8 +195,9 @@ def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int
     return result
 
 
-def record(result: dict, checkpoint: Path, output: Path | None = None) -> Path:
-    """Write the result: merged into CHECKPOINT/metrics.json by corpus and split, or to its own file."""
+def record(result: dict, checkpoint: Path, output: Path | None = None, tag: str = "") -> Path:
+    """Write the result: merged into CHECKPOINT/metrics.json under "corpus:split" (+ ":tag", so results of
+    several decodings can sit side by side), or to its own file."""
     if output is not None:
         write_json(output, result)
         return output
@@ -207,6 +208,6 @@ def record(result: dict, checkpoint: Path, output: Path | None = None) -> Path:
             existing = json.loads(target.read_text())
         except ValueError:
             existing = {}
-    existing[f"{result['corpus']}:{result['split']}"] = result
+    existing[":".join([result["corpus"], result["split"]] + ([tag] if tag else []))] = result
     write_json(target, existing)
     return target

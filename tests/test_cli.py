@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from nlp.__main__ import main
-from tests.conftest import SENTIMENT
+from tests.conftest import CHAT, SENTIMENT
 
 
 def test_corpora_list_and_show(capsys):
@@ -52,6 +52,17 @@ def test_eval_writes_metrics_json(trained, capsys):
     assert set(result) >= {"task", "corpus", "split", "checkpoint", "metrics", "baselines"}
     stored = json.loads((trained["sentiment"] / "metrics.json").read_text())
     assert stored[f"{SENTIMENT}:test"]["metrics"]["accuracy"] == result["metrics"]["accuracy"]
+
+
+def test_eval_tag_keeps_results_of_two_decodings_side_by_side(trained, capsys):
+    common = ["eval", "--checkpoint", str(trained["chat"]), "--corpus", str(CHAT), "--max-examples", "8",
+              "--max-new-tokens", "6"]
+    assert main(common + ["--strategy", "greedy", "--tag", "greedy"]) == 0
+    assert main(common + ["--temperature", "0.8", "--top-p", "0.9"]) == 0
+    capsys.readouterr()
+    stored = json.loads((trained["chat"] / "metrics.json").read_text())
+    assert stored[f"{CHAT}:test:greedy"]["decoding"]["strategy"] == "greedy"
+    assert stored[f"{CHAT}:test"]["decoding"]["strategy"] == "sample"
 
 
 @pytest.mark.parametrize("args,message", [
