@@ -6,6 +6,8 @@ continuations from the language model, with fixed seeds. Prints Markdown; a miss
 
 from __future__ import annotations
 
+import html
+import re
 import sys
 from pathlib import Path
 
@@ -24,15 +26,19 @@ LM_PROMPTS = ["The history of the city", "In 1998 , the band", "The species is f
 SAMPLING = dict(strategy="sample", temperature=0.8, top_p=0.9, repetition_penalty=1.1, no_repeat_ngram_size=3)
 
 
+def md(text: str) -> str:
+    """Model output as literal Markdown text: HTML escaped, Markdown punctuation backslash-escaped, one line."""
+    return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", html.escape(" ".join(text.split()), quote=False))
+
+
 def main() -> None:
     try:
         chat = load_checkpoint(ROOT / "checkpoints" / "chat")
         cfg = GenerationConfig(max_new_tokens=40, **SAMPLING)
-        print("| prompt | reply (temperature 0.8, top-p 0.9, seed 0) |\n| --- | --- |")
+        print("| prompt | first reply |\n| --- | --- |")
         for prompt in CHAT_PROMPTS:
             reply = chat_reply(chat, [prompt], cfg, make_generator(0))
-            text = "".join(reply.stream).replace("|", "\\|").replace("\n", " ")
-            print(f"| {prompt} | {text} |")
+            print(f"| {md(prompt)} | {md(''.join(reply.stream))} |")
     except CheckpointError as e:
         print(f"(chat model not available: {e})")
     print()
@@ -41,8 +47,7 @@ def main() -> None:
         cfg = GenerationConfig(max_new_tokens=60, **SAMPLING)
         for seed, prompt in enumerate(LM_PROMPTS):
             gen = continue_text(lm, prompt, cfg, make_generator(seed))
-            text = "".join(gen.stream)
-            print(f"> **{prompt}**{text}\n")
+            print(f"> **{md(prompt)}** {md(''.join(gen.stream))}\n")
     except CheckpointError as e:
         print(f"(language model not available: {e})")
 
