@@ -46,6 +46,8 @@ def add_generation_args(p: argparse.ArgumentParser, strategy: str = "sample") ->
     g.add_argument("--length-penalty", type=float, default=d.length_penalty,
                    help="beam score = log-prob / length ** this (default 1)")
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="stop after this many tokens")
+    g.add_argument("--min-new-tokens", type=int, default=d.min_new_tokens,
+                   help=f"no end of text before this many tokens (default {d.min_new_tokens}: never empty)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
 
 
@@ -53,7 +55,8 @@ def generation_config(a: argparse.Namespace, **extra) -> GenerationConfig:
     return GenerationConfig(strategy=a.strategy, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                             min_p=a.min_p, repetition_penalty=a.repetition_penalty,
                             no_repeat_ngram_size=a.no_repeat_ngram, num_beams=a.num_beams,
-                            length_penalty=a.length_penalty, max_new_tokens=a.max_new_tokens, **extra)
+                            length_penalty=a.length_penalty, max_new_tokens=a.max_new_tokens,
+                            min_new_tokens=a.min_new_tokens, **extra)
 
 
 def load(path: str, task: str, impl: str | None = None):

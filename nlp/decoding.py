@@ -4,6 +4,7 @@ Both models offer the same step interface (see `nlp.models`): `prime()` below tu
 first next-token log-probabilities and a state, and `model.step(tokens, state)` advances one token.
 
 Sampling controls, applied in this order to the next-token scores:
+  min_new_tokens       the end (EOS) is banned until this many tokens are out (default 1: never an empty reply)
   repetition_penalty   a token already in the text has its probability divided by it (> 1 discourages
                        repeats; the spirit of CTRL's penalty, Keskar et al. 2019, made independent of the
                        arbitrary offset of logits by applying it to probabilities)
@@ -38,6 +39,7 @@ class GenerationError(ValueError):
 class GenerationConfig:
     strategy: str = "sample"          # greedy | sample | beam
     max_new_tokens: int = 60
+    min_new_tokens: int = 1           # no EOS before this many tokens: 1 = never an empty reply
     temperature: float = 0.8          # lower = more predictable; 0 = always the most likely token
     top_k: int = 0                    # 0 = no limit
     top_p: float = 0.9                # 1.0 = no limit
@@ -53,6 +55,8 @@ class GenerationConfig:
         if self.strategy not in STRATEGIES:
             raise GenerationError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+                  (0 <= self.min_new_tokens <= self.max_new_tokens,
+                   "min_new_tokens must be between 0 and max_new_tokens"),
                   (self.temperature >= 0, "temperature must be >= 0"),
                   (self.top_k >= 0, "top_k must be >= 0"),
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
@@ -90,11 +94,15 @@ def banned_ngram_tokens(history: list[int], n: int) -> set[int]:
     return {history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix}
 
 
-def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig) -> Tensor:
-    """Repetition penalty and n-gram bans on log-probs (K, V), one history per row."""
-    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size:
+def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, generated: int) -> Tensor:
+    """Minimum length, repetition penalty and n-gram bans on log-probs (K, V), one history per row;
+    `generated` tokens are out so far."""
+    early = generated < cfg.min_new_tokens
+    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early:
         return scores
     scores = scores.clone()
+    if early:
+        scores[:, EOS] = float("-inf")
     for row, hist in enumerate(histories):
         if cfg.repetition_penalty != 1.0 and hist:
             seen = torch.tensor(sorted(set(hist)), device=scores.device)
@@ -160,8 +168,8 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
     model.eval()
     log_probs, state = prime(model, prompt_ids)
     history = list(prompt_ids) if model.task == "lm" else []
-    for _ in range(cfg.max_new_tokens):
-        tok = int(choose(adjust(log_probs, [history], cfg), cfg, generator)[0])
+    for step in range(cfg.max_new_tokens):
+        tok = int(choose(adjust(log_probs, [history], cfg, step), cfg, generator)[0])
         if tok == EOS and cfg.stop_at_eos:
             return
         if trace is not None and "attn" in state:
@@ -190,7 +198,7 @@ def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tup
         return score / (max(length, 1) ** cfg.length_penalty)
 
     for step in range(cfg.max_new_tokens):
-        lp = adjust(log_probs, [prefix + b for b in beams], cfg)
+        lp = adjust(log_probs, [prefix + b for b in beams], cfg, step)
         cand = (scores.unsqueeze(1) + lp).view(-1)
         top = torch.topk(cand, min(2 * K, cand.numel()))
         keep_rows, keep_toks, keep_scores = [], [], []
@@ -276,8 +284,8 @@ def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
     log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    for _ in range(cfg.max_new_tokens):
-        toks = choose(adjust(log_probs, out, cfg), cfg, generator).tolist()
+    for step in range(cfg.max_new_tokens):
+        toks = choose(adjust(log_probs, out, cfg, step), cfg, generator).tolist()
         for i, t in enumerate(toks):
             if not done[i]:
                 if t == EOS:

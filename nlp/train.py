@@ -355,6 +355,8 @@ class Trainer:
                     self.after_eval(self.evaluate())
                 self.save_resume()
             self.stop_reason = f"finished {cfg.epochs} epochs"
+            if cfg.eval_every and self.step % cfg.eval_every:  # the steps since the last evaluation count too
+                self.final_eval()
         except Stop as s:
             self.stop_reason = str(s)
             if s.args[0].startswith("reached"):  # a budget ran out: keep what the last stretch learned

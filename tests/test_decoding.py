@@ -94,9 +94,30 @@ def test_repetition_penalty_divides_the_probability_of_seen_tokens(lm):
     # and a mild one lowers a seen token's log-probability by exactly log(penalty)
     from nlp.decoding import adjust
     scores = torch.log_softmax(torch.randn(1, V), -1)
-    out = adjust(scores, [[3, 5]], GenerationConfig(repetition_penalty=2.0))
+    out = adjust(scores, [[3, 5]], GenerationConfig(repetition_penalty=2.0), generated=2)
     torch.testing.assert_close(out[0, [3, 5]], scores[0, [3, 5]] - torch.log(torch.tensor(2.0)))
     torch.testing.assert_close(out[0, 6:], scores[0, 6:])
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_min_new_tokens_bans_the_end_until_enough_tokens_are_out(s2s, strategy):
+    eager = Seq2Seq(s2s.config).eval()  # a model that wants to stop at once
+    eager.load_state_dict(s2s.state_dict())
+    with torch.no_grad():
+        eager.out.bias[EOS] = 50.0
+    if strategy == "beam":
+        def reply(n):
+            cfg = GenerationConfig(strategy="beam", min_new_tokens=n, max_new_tokens=9)
+            return beam_search(eager, PROMPT, cfg)[0][0]
+    else:
+        def reply(n):
+            return list(sample_tokens(eager, PROMPT, GenerationConfig(strategy=strategy, min_new_tokens=n,
+                                                                      max_new_tokens=9), make_generator(0)))
+    assert reply(0) == []
+    assert len(reply(1)) == 1 and len(reply(4)) == 4  # the end comes as soon as it is allowed
+    batch = sample_batch(eager, [PROMPT, PROMPT[:1]], GenerationConfig(min_new_tokens=3, max_new_tokens=9),
+                         make_generator(0))
+    assert [len(r) for r in batch] == [3, 3]
 
 
 def test_banned_ngram_tokens():

@@ -82,6 +82,13 @@ def test_eval_batches_sample_the_validation_set_not_its_shortest_examples(tmp_pa
     assert trainer.val_batches()[0]["ids"].equal(trainer.val_batches()[0]["ids"])  # the same sample each time
 
 
+def test_a_finished_run_evaluates_the_steps_after_its_last_periodic_evaluation(tmp_path, tokenizer):
+    out = tmp_path / "s"
+    result = train_tiny("sentiment", out, tokenizer.path, "--epochs", "1", "--eval-every", "3")
+    evals = [r["step"] for r in log_of(out) if "val_loss" in r]
+    assert result["step"] % 3 and evals[-1] == result["step"]
+
+
 def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
     out = tmp_path / "run"
     first = train_tiny("lm", out, tokenizer.path, "--max-steps", "7", "--epochs", "3")
