@@ -36,8 +36,8 @@ def main() -> None:
         chat = load_checkpoint(ROOT / "checkpoints" / "chat")
         cfg = GenerationConfig(max_new_tokens=40, **SAMPLING)
         print("| prompt | first reply |\n| --- | --- |")
-        for prompt in CHAT_PROMPTS:
-            reply = chat_reply(chat, [prompt], cfg, make_generator(0))
+        for seed, prompt in enumerate(CHAT_PROMPTS):  # one seed each: a shared seed would correlate the draws
+            reply = chat_reply(chat, [prompt], cfg, make_generator(seed))
             print(f"| {md(prompt)} | {md(''.join(reply.stream))} |")
     except CheckpointError as e:
         print(f"(chat model not available: {e})")

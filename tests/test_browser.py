@@ -86,6 +86,12 @@ def page(app):
         browser.close()
 
 
+def settle(page):
+    """Wait until the script run is over and every element has rendered (lazily loaded ones show a skeleton)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]') && "
+                           "!document.querySelector('[data-testid=stSkeleton]')")
+
+
 def test_chat_in_the_browser(app, page, shots):
     page.goto(app)
     page.get_by_text("greedy", exact=True).click()  # deterministic reply (a sampled one may be empty)
@@ -99,6 +105,7 @@ def test_chat_in_the_browser(app, page, shots):
     reply = messages.nth(1).get_by_test_id("stMarkdownContainer").first.inner_text().strip()
     assert reply, "the streamed reply is empty"
     assert messages.nth(0).inner_text().strip().endswith("hi, how are you?")
+    settle(page)
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
 
 
@@ -106,6 +113,7 @@ def test_generate_in_the_browser(app, page, shots):
     page.goto(app + "/generate")
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("tokens/s").wait_for()
+    settle(page)
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
 
 
@@ -116,10 +124,12 @@ def test_sentiment_in_the_browser(app, page, shots):
     page.get_by_text("Where the classifier looked").wait_for()
     label = page.get_by_test_id("stMetricValue").first.inner_text()
     assert label in ("positive", "negative")
+    settle(page)
     page.screenshot(path=str(shots / "sentiment.png"), full_page=True)
 
 
 def test_models_page_in_the_browser(app, page, shots):
     page.goto(app + "/model_cards")
     page.get_by_text("Sentiment classifier").wait_for()
+    settle(page)
     page.screenshot(path=str(shots / "models.png"), full_page=True)

@@ -28,7 +28,10 @@ if st.button("Generate", type="primary"):
             st.subheader(f"Sample {n + 1}")
         gen = continue_text(ck, text, cfg, make_generator(None if seed is None else seed + n))
         with st.container(border=True):
-            st.markdown(plain(text))
-            st.write_stream(plain(piece) for piece in gen.stream)
+            box, shown = st.empty(), text  # the continuation streams in right after the prompt, in one text
+            box.markdown(plain(shown))
+            for piece in gen.stream:
+                shown += piece
+                box.markdown(plain(shown))
         st.caption(f"{gen.tokens} tokens in {gen.seconds:.2f} s ({gen.tokens_per_second:.1f} tokens/s)"
                    + ("" if gen.text.strip() else " - the model ended the paragraph at once"))
