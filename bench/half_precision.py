@@ -10,7 +10,6 @@ bench/results/half_precision.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import save  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 from nlp import data as D  # noqa: E402
 from nlp.checkpoint import load_checkpoint  # noqa: E402
 from nlp.corpora import load_corpus, words_in  # noqa: E402
@@ -47,10 +48,7 @@ def main() -> None:
         result["float16_stored"] = perplexities(lm_nll(ck.model, stream), stream.numel(), n_words)
         ck.model.load_state_dict(full, strict=False)
         result["float32"] = perplexities(lm_nll(ck.model, stream), stream.numel(), n_words)
-    out = Path(__file__).parent / "results" / "half_precision.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    save("half_precision", result)
 
 
 if __name__ == "__main__":

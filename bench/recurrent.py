@@ -11,9 +11,6 @@ Times are medians over repeats after a warm-up; the JSON records the machine the
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import machine, save  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 from nlp.cells import Recurrent  # noqa: E402
 from nlp.models import LanguageModel, LMConfig  # noqa: E402
 
@@ -82,13 +81,7 @@ def bench_train_step(repeats: int = 5) -> dict:
 
 
 def main() -> None:
-    result = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "decode_step": bench_decode_step(), "train_step": bench_train_step()}
-    out = Path(__file__).parent / "results" / "recurrent.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    save("recurrent", {"machine": machine(), "decode_step": bench_decode_step(), "train_step": bench_train_step()})
 
 
 if __name__ == "__main__":
