@@ -1,10 +1,12 @@
-"""What the benchmarks share: a description of the machine, and writing a result to bench/results/NAME.json."""
+"""What the benchmarks share: the machine description, a median timer, writing bench/results/NAME.json."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -13,6 +15,18 @@ import torch
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of fn() in milliseconds, after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
 
 
 def save(name: str, result: dict) -> Path:

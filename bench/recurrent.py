@@ -11,30 +11,17 @@ Times are medians over repeats after a warm-up; the JSON records the machine the
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import machine, save  # noqa: E402  (bench/ is on sys.path when a script runs)
+from common import machine, median_ms, save  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from nlp.cells import Recurrent  # noqa: E402
 from nlp.models import LanguageModel, LMConfig  # noqa: E402
-
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 @torch.no_grad()
