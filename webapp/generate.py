@@ -34,4 +34,4 @@ if st.button("Generate", type="primary"):
                 shown += piece
                 box.markdown(plain(shown))
         st.caption(f"{gen.tokens} tokens in {gen.seconds:.2f} s ({gen.tokens_per_second:.1f} tokens/s)"
-                   + ("" if gen.text.strip() else " - the model ended the paragraph at once"))
+                   + ("" if gen.text.strip() else " - the continuation is only whitespace"))
