@@ -59,7 +59,8 @@ class TrainConfig:
                                                            "evaluations and stops)"})
     seed: int = field(default=1234, metadata={"help": "seed for init, shuffling and dropout"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda | cuda:N"})
-    amp: bool = field(default=True, metadata={"help": "mixed precision (bfloat16/float16) on CUDA"})
+    amp: bool = field(default=True, metadata={"help": "mixed precision where the hardware has it: bfloat16/float16 "
+                                                      "on CUDA, bfloat16 on a CPU with AVX512-BF16 or AMX"})
     half: bool = field(default=False, metadata={"help": "store checkpoint weights in float16"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from resume/"})
     dry_run: bool = field(default=False, metadata={"help": "a few steps on a slice of the data, to a temp folder"})

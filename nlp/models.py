@@ -163,7 +163,9 @@ class LanguageModel(nn.Module, _FromConfig):
         if hasattr(self, "adaptive"):  # no label smoothing or ignore_index in the adaptive softmax
             h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
             keep = t != PAD
-            return self.adaptive(h[keep], t[keep]).loss * keep.sum(), keep.sum()
+            # float32 outside autocast: the adaptive softmax mixes dtypes in index_copy_ under it (torch 2.13)
+            with torch.autocast(h.device.type, enabled=False):
+                return self.adaptive(h[keep].float(), t[keep]).loss * keep.sum(), keep.sum()
         return token_nll(self.decoder(hidden), targets, label_smoothing)
 
     def log_probs(self, h: Tensor) -> Tensor:

@@ -54,6 +54,25 @@ def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
     return device, rank, world
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matmuls run natively (elsewhere oneDNN emulates them, slower than float32)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype mixed precision uses on this device, or None where it would not pay.
+
+    On a 2-core AVX512-BF16 CPU a 2x400 LSTM language-model step runs 1.5x faster in bfloat16
+    (bench/mixed_precision.py); weights, optimizer state and the loss stay float32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def all_reduce_sum(*values: float, device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -86,9 +105,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = self._optimizer()
         self.sched = self._scheduler()
-        self.amp_dtype = None
-        if cfg.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device) if cfg.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step, self.epoch, self.pos, self.best, self.bad_evals = 0, 0, 0, math.inf, 0
         self.stop_reason = ""
@@ -219,7 +236,7 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     # losses ----------------------------------------------------------------------
     def batch_loss(self, batch, state=None, train: bool = True):

@@ -1,6 +1,7 @@
 """End to end on the committed fixtures: corpus -> tokenizer -> train -> checkpoint -> reload -> eval -> decode."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from nlp.decoding import GenerationConfig, make_generator
 from nlp.evaluate import evaluate
 from nlp.serve import chat_reply, classify, continue_text
 from nlp.train import Trainer
-from tests.conftest import CHAT, LM_TEXT, SENTIMENT, train_tiny
+from tests.conftest import CHAT, CORPUS, LM_TEXT, SENTIMENT, TINY, train_tiny
 
 
 def log_of(folder):
@@ -156,6 +157,29 @@ def test_lm_gru_with_adaptive_softmax_trains(tmp_path, tokenizer):
                    "--lr", "1", "--schedule", "plateau")
     assert r["step"] == 5
     assert load_checkpoint(out).model.config.adaptive_cutoffs == [100, 300]
+
+
+@pytest.mark.parametrize("task,extra", [
+    ("lm", ()),
+    ("lm", ("--model.tie_weights", "false", "--model.adaptive_cutoffs", "100,300")),
+    ("chat", ()),
+    ("sentiment", ()),
+])
+def test_bfloat16_autocast_on_cpu_trains_every_task(tmp_path, tokenizer, monkeypatch, task, extra):
+    """What `amp` does on a CPU with native bf16, forced here so that it runs on any CPU (emulated elsewhere)."""
+    import nlp.train
+
+    monkeypatch.setattr(nlp.train, "cpu_has_native_bf16", lambda: True)
+    argv = ["--task", task, "--corpus", str(CORPUS[task]), "--tokenizer", str(tokenizer.path),
+            "--out", str(tmp_path / "r"), "--device", "cpu", "--max-steps", "3", "--log-every", "1",
+            *TINY[task], *extra]
+    trainer = Trainer(resolve_config(argv))
+    assert trainer.amp_dtype == torch.bfloat16
+    assert trainer.fit()["step"] == 3
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
+    losses = [r["train_loss"] for r in log_of(tmp_path / "r") if "train_loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert Trainer(resolve_config([*argv, "--no-amp"])).amp_dtype is None
 
 
 def test_torchrun_data_parallel_on_two_processes(tmp_path, tokenizer):
