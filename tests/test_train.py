@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -203,6 +204,35 @@ def test_torchrun_data_parallel_on_two_processes(tmp_path, tokenizer):
     start = next(r for r in log_of(out) if r.get("event") == "start")
     assert start["world_size"] == 2
     assert load_checkpoint(out).task == "sentiment"
+
+
+def test_sigterm_stops_a_run_after_saving_its_state(tmp_path, tokenizer):
+    """What a scheduler or `kill` sends: the step in hand finishes, the state is saved, the process exits 0."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "t"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nlp", "train", "--task", "lm", "--corpus", str(LM_TEXT), "--tokenizer",
+         str(tokenizer.path), "--out", str(out), "--epochs", "100000", "--log-every", "1", *TINY["lm"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not any("train_loss" in r for r in (log_of(out) if (out / "train_log.jsonl").exists() else [])):
+            assert proc.poll() is None and time.time() < deadline, "the run never started training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    stop = log_of(out)[-1]
+    assert stop["event"] == "stop" and stop["reason"] == "stopped by SIGTERM"
+    assert (out / "resume").is_dir() and load_checkpoint(out).task == "lm"
+    again = train_tiny("lm", out, tokenizer.path, "--resume", "--max-steps", str(stop["step"] + 1))
+    assert again["step"] == stop["step"] + 1  # it carries on from where it stopped
 
 
 def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, monkeypatch):
