@@ -25,7 +25,7 @@ from nlp import data as D
 from nlp import metrics as M
 from nlp.checkpoint import METRICS, Checkpoint, write_json
 from nlp.corpora import load_corpus, task_of, words_in
-from nlp.decoding import GenerationConfig, make_generator, sample_batch
+from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
 from nlp.serve import classify
 from nlp.tokenizer import EOS
 
@@ -165,10 +165,13 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     metrics = M.perplexities(total, int(tokens), n_words)
     contexts = [c[-turns:] for c in ds["context"]]
     prompts = [ck.tokenizer.encode_turns(c, src_len) or [EOS] for c in contexts]
-    g = make_generator(seed)
-    replies: list[str] = []
-    for start in range(0, len(prompts), 64):
-        replies += [ck.tokenizer.decode(r) for r in sample_batch(ck.model, prompts[start:start + 64], gen, g)]
+    if gen.strategy == "beam":  # one context at a time: beam search keeps its own batch of hypotheses
+        ids = [beam_search(ck.model, p, gen)[0][0] for p in prompts]
+    else:
+        g = make_generator(seed)
+        ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(ck.model, prompts[start:start + 64],
+                                                                               gen, g)]
+    replies = [ck.tokenizer.decode(r) for r in ids]
     refs = list(ds["response"])
     metrics.update(M.dialogue_scores(replies, refs))
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}

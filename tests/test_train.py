@@ -48,6 +48,19 @@ def test_chat_end_to_end(trained):
     assert len(reply.attention) >= 1 and all(len(row) == len(ids) for row in reply.attention)
 
 
+def test_chat_eval_with_beam_search_scores_the_beam_replies(trained):
+    from nlp.decoding import beam_search
+    from nlp.tokenizer import EOS
+
+    ck = load_checkpoint(trained["chat"])
+    gen = GenerationConfig(strategy="beam", num_beams=3, max_new_tokens=10)
+    m = evaluate(ck, str(CHAT), "test", max_examples=6, gen=gen)["metrics"]
+    first = m["samples"][0]
+    prompt = ck.tokenizer.encode_turns(first["context"], ck.config["train"]["max_src_len"]) or [EOS]
+    assert first["reply"] == ck.tokenizer.decode(beam_search(ck.model, prompt, gen)[0][0])
+    assert 0 <= m["f1"] <= 1 and "distinct_2" in m
+
+
 def test_sentiment_end_to_end(trained):
     ck = load_checkpoint(trained["sentiment"])
     result = evaluate(ck, str(SENTIMENT), "test")
