@@ -27,6 +27,7 @@ from common import machine, save  # noqa: E402  (bench/ is on sys.path when a sc
 
 from nlp import data as D  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
+from nlp.evaluate import lm_nll  # noqa: E402
 from nlp.models import build_model  # noqa: E402
 from nlp.tokenizer import Tokenizer  # noqa: E402
 from nlp.train import cpu_has_native_bf16  # noqa: E402
@@ -50,31 +51,25 @@ def run(model, windows, val, bf16: bool, lr: float) -> dict:
         times.append(time.perf_counter() - t)
         losses.append(float(loss.detach() / n))
     model.eval()
-    total = count = 0.0
-    state = None
-    with torch.no_grad():
-        for x, y in val:
-            hidden, state = model(x, state)
-            loss, n = model.loss_from_hidden(hidden, y)
-            total, count = total + float(loss), count + float(n)
+    val_loss = lm_nll(model, val) / val.numel()  # the harness's own scorer, in float32
     step_s = statistics.median(times[3:])
     return {"ms_per_step": round(step_s * 1000, 1), "tokens_per_s": round(x.numel() / step_s),
             "train_loss_last_20_steps": round(statistics.mean(losses[-20:]), 4),
-            "val_loss_float32": round(total / count, 4)}
+            "val_loss_float32": round(val_loss, 4)}
 
 
-def main(steps: int = 60, val_windows: int = 20) -> None:
+def main(steps: int = 60, val_tokens: int = 40_000) -> None:
     recipe = tomllib.loads((ROOT / "configs/lm.toml").read_text())
     tok = Tokenizer.load(ROOT / recipe["tokenizer"])
     ds = load_corpus("wikitext2")
     b, bptt = recipe["batch_size"], recipe["bptt"]
     windows = D.lm_windows(D.batchify(D.lm_stream(ds["train"], tok), b), bptt)[:steps]
-    val = D.lm_windows(D.batchify(D.lm_stream(ds["validation"], tok), b), bptt)[:val_windows]
+    val = D.lm_stream(ds["validation"], tok)[:val_tokens]
     torch.manual_seed(0)
     model = build_model("lm", {**recipe["model"], "vocab_size": tok.vocab_size})
     result = {"machine": machine(), "native_bf16": cpu_has_native_bf16(),
               "what": f"2x400 tied LSTM LM, batch {b} x {bptt}, {steps} AdamW steps on WikiText-2 train, "
-                      f"validation loss on its first {val_windows} windows"}
+                      f"validation loss per token on its first {val_tokens:,} tokens"}
     for name, bf16 in (("float32 (baseline)", False), ("bfloat16 autocast", True)):
         result[name] = run(copy.deepcopy(model), windows, val, bf16, recipe["lr"])
     result["speedup"] = round(result["float32 (baseline)"]["ms_per_step"]
