@@ -1,0 +1,109 @@
+"""The checkpoints in checkpoints/: what a fresh clone serves, and what the README says about them.
+
+Issue 3 asks that each shipped folder stays under 25 MB and holds its training log and the `metrics.json`
+that `python -m nlp eval` wrote for it, that the README table matches what `eval` prints, and sets the bars
+each model must clear. These tests read the stored metrics, and re-run `eval` where that is quick (the LM
+and the sentiment classifier), so a metrics.json that no longer belongs to its weights fails here.
+"""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nlp.__main__ import main
+from nlp.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints"
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+TASKS = ("lm", "chat", "sentiment")
+
+
+def stored(task: str) -> dict:
+    return json.loads((SHIPPED / task / "metrics.json").read_text())
+
+
+def readme_section(title: str) -> str:
+    """The README text from the `### <title>` heading to the next heading of any level."""
+    start = README.index(f"### {title}")
+    end = re.search(r"^#{2,3} ", README[start + 4:], re.M)
+    return README[start: start + 4 + end.start()] if end else README[start:]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_shipped_folder_is_complete_small_and_loads(task):
+    folder = SHIPPED / task
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.model", "train_log.jsonl", "metrics.json"} <= names
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 25_000_000
+    # one SentencePiece model serves the three
+    assert (folder / "tokenizer.model").read_bytes() == (SHIPPED / "tokenizer.model").read_bytes()
+    ckpt = load_checkpoint(folder)
+    assert ckpt.task == task
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "start" for r in log) and any("val_loss" in r for r in log)
+    assert all(entry["checkpoint"] == f"checkpoints/{task}" for entry in stored(task).values())
+
+
+def test_readme_lm_row_matches_metrics_json():
+    m = stored("lm")["wikitext2:test"]["metrics"]
+    ours = next(line for line in readme_section("Language model").splitlines() if line.startswith("| **ours**"))
+    assert f"**{m['word_perplexity']:.1f}**" in ours and f"| {m['token_perplexity']:.1f} |" in ours
+    assert f"Validation: {stored('lm')['wikitext2:validation']['metrics']['word_perplexity']:.1f}" in README
+
+
+def test_readme_sentiment_rows_match_metrics_json():
+    table = readme_section("Sentiment classifier")
+    for key, entry in stored("sentiment").items():
+        corpus = key.split(":")[0]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {corpus} |"))
+        m, b = entry["metrics"], entry["baselines"]
+        for value in (m["accuracy"], m["macro_f1"], m["pearson"], b["naive_bayes_bow"]["accuracy"],
+                      b["vader_lexicon"]["accuracy"]):
+            assert f"{value:.3f}" in row, (corpus, value, row)
+
+
+def test_readme_chat_rows_match_metrics_json():
+    rows = [line for line in readme_section("Chat model").splitlines() if line.startswith("| chitchat |")
+            or line.startswith("| cornell |")]
+    for key, entry in stored("chat").items():
+        m = entry["metrics"]
+        matching = [r for r in rows if r.startswith(f"| {key.split(':')[0]} |") and f"{m['f1']:.4f}" in r]
+        assert len(matching) == 1, (key, m["f1"])
+        assert f"{m['distinct_2']:.3f}" in matching[0] and f"{m['word_perplexity']:.1f}" in matching[0]
+
+
+def test_sentiment_and_chat_clear_their_bars():
+    movies = stored("sentiment")["vader-movies:test"]
+    assert movies["max_examples"] is None
+    acc = movies["metrics"]["accuracy"]
+    assert acc >= 0.78 and acc > movies["baselines"]["naive_bayes_bow"]["accuracy"]
+    chat = stored("chat")["chitchat:test"]
+    m, b = chat["metrics"], chat["baselines"]
+    assert m["f1"] > b["tfidf_retrieval"]["f1"] and m["f1"] > b["most_frequent_reply"]["f1"]
+    assert m["distinct_2"] >= 0.2 and m["empty_replies"] == 0 and m["max_trigram_repeats"] <= 2
+    assert chat["decoding"]["temperature"] == 0.8 and chat["decoding"]["top_p"] == 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3: the shipped LM does not reach 115 yet (README: Status)")
+def test_lm_clears_its_bar():
+    assert stored("lm")["wikitext2:test"]["metrics"]["word_perplexity"] <= 115
+
+
+@pytest.mark.parametrize("task,corpus", [("lm", "wikitext2"), ("sentiment", "vader-movies")])
+def test_stored_metrics_belong_to_the_shipped_weights(task, corpus, tmp_path, capsys):
+    """Re-run the README's command on a copy (eval rewrites the folder's metrics.json) and compare."""
+    copy = shutil.copytree(SHIPPED / task, tmp_path / task)
+    assert main(["eval", "--checkpoint", str(copy), "--corpus", corpus, "--split", "test", "--json"]) == 0
+    capsys.readouterr()
+    key = f"{corpus}:test"
+    again = json.loads((copy / "metrics.json").read_text())[key]["metrics"]
+    for name, value in stored(task)[key]["metrics"].items():
+        if isinstance(value, float):
+            assert math.isclose(again[name], value, rel_tol=1e-4), (name, again[name], value)
+        else:
+            assert again[name] == value, name
