@@ -338,7 +338,8 @@ class Trainer:
             stop["signal"] = signum
         old = signal.signal(signal.SIGTERM, on_term) if self.main else None
         self.model.train()
-        t0, tokens, since = time.time(), 0.0, 0.0
+        # train_loss and items_per_s in the log cover the steps since the previous log line (time in steps only)
+        busy, tokens, since = 0.0, 0.0, 0.0
         bar = tqdm(total=max_steps or self.total_steps(), initial=self.step, disable=not self.main,
                    desc=f"train {cfg.task}", dynamic_ncols=True)
         try:
@@ -348,17 +349,19 @@ class Trainer:
                 while self.pos < len(batches):
                     if stop["signal"] is not None:
                         raise Stop("stopped by SIGTERM")
+                    t = time.perf_counter()
                     loss, n, state = self.train_step(batches[self.pos], state)
                     self.pos += 1
                     self.step += 1
                     tokens += float(n)
                     since += float(loss) * float(n)
+                    busy += time.perf_counter() - t
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == 1:
-                        rate = tokens / max(time.time() - t0, 1e-9)
                         self.log({"step": self.step, "epoch": self.epoch, "train_loss": since / max(tokens, 1),
-                                  "lr": self.opt.param_groups[0]["lr"], "items_per_s": rate})
-                        bar.set_postfix(loss=f"{float(loss):.3f}")
+                                  "lr": self.opt.param_groups[0]["lr"], "items_per_s": tokens / max(busy, 1e-9)})
+                        bar.set_postfix(loss=f"{since / max(tokens, 1):.3f}")
+                        busy, tokens, since = 0.0, 0.0, 0.0
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self.after_eval(self.evaluate())
                     if cfg.save_every and self.step % cfg.save_every == 0:

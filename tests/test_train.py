@@ -119,6 +119,21 @@ def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
     assert [s["step"] for s in starts] == [0, 7]
 
 
+def test_logged_train_loss_covers_the_steps_since_the_previous_line(tmp_path, tokenizer):
+    """Two identical runs, logging every step and every 3 steps: each 3-step line is the mean of its 3 steps
+    (not of every step since the run began, which would flatten the curve on the Models page)."""
+    args = ["--max-steps", "6", "--epochs", "3", "--seed", "5"]
+    train_tiny("lm", tmp_path / "every1", tokenizer.path, *args, "--log-every", "1")
+    train_tiny("lm", tmp_path / "every3", tokenizer.path, *args, "--log-every", "3")
+    per_step = {r["step"]: r["train_loss"] for r in log_of(tmp_path / "every1") if "train_loss" in r}
+    lines = {r["step"]: r for r in log_of(tmp_path / "every3") if "train_loss" in r}
+    assert sorted(lines) == [1, 3, 6] and len(per_step) == 6
+    # every LM step holds the same number of tokens, so the mean over tokens is the mean of the step means
+    assert lines[3]["train_loss"] == pytest.approx((per_step[2] + per_step[3]) / 2, rel=1e-5)
+    assert lines[6]["train_loss"] == pytest.approx(sum(per_step[s] for s in (4, 5, 6)) / 3, rel=1e-5)
+    assert all(r["items_per_s"] > 0 for r in lines.values())
+
+
 def test_resume_restores_the_exact_model(tmp_path, tokenizer):
     """Stopping at step 4 and resuming to 8 gives the weights of an uninterrupted run to 8."""
     a, b = tmp_path / "a", tmp_path / "b"
