@@ -120,8 +120,8 @@ def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
 
 
 def test_logged_train_loss_covers_the_steps_since_the_previous_line(tmp_path, tokenizer):
-    """Two identical runs, logging every step and every 3 steps: each 3-step line is the mean of its 3 steps
-    (not of every step since the run began, which would flatten the curve on the Models page)."""
+    """Two identical runs, logging every step and every 3 steps: each line of the second is the mean of the
+    steps since its previous line (not of every step since the run began, which flattens the Models page curve)."""
     args = ["--max-steps", "6", "--epochs", "3", "--seed", "5"]
     train_tiny("lm", tmp_path / "every1", tokenizer.path, *args, "--log-every", "1")
     train_tiny("lm", tmp_path / "every3", tokenizer.path, *args, "--log-every", "3")
