@@ -105,6 +105,31 @@ def rebuild_hint(path: Path) -> str:
     return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (README: Training)"
 
 
+def read_train_log(path: str | Path) -> list[dict]:
+    """The records of a checkpoint's train_log.jsonl, as the weights saw them.
+
+    A hard kill (SIGKILL, power loss) loses the steps since the last periodic save, yet their log lines are
+    already written; `--resume` then runs those steps again and logs them a second time. Each resume writes a
+    "start" record with the step it resumed from, so the lines it supersedes (step > that) are dropped here.
+    A half-written or damaged line is skipped. A missing log reads as no records.
+    """
+    file = Path(path) / LOG
+    if not file.exists():
+        return []
+    records: list[dict] = []
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(r, dict):
+            continue
+        if r.get("event") == "start" and isinstance(r.get("step"), int):
+            records = [x for x in records if not isinstance(x.get("step"), (int, float)) or x["step"] <= r["step"]]
+        records.append(r)
+    return records
+
+
 def read_config(path: str | Path) -> dict:
     path = Path(path)
     if not (path / CONFIG).is_file():

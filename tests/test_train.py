@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from nlp.checkpoint import load_checkpoint
+from nlp.checkpoint import load_checkpoint, read_train_log
 from nlp.config import resolve_config
 from nlp.decoding import GenerationConfig, make_generator
 from nlp.evaluate import evaluate
@@ -265,7 +265,8 @@ def test_sigterm_stops_a_run_after_saving_its_state(tmp_path, tokenizer):
 
 
 def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, monkeypatch):
-    """Simulate SIGKILL: the step after a periodic save raises, no stop handler runs; --resume picks it up."""
+    """Simulate SIGKILL two steps after a periodic save: no stop handler runs; --resume picks it up, and the
+    log lines of the lost steps give way to the resumed run's (the Models page draws one curve forward)."""
     from nlp import train as T
 
     out = tmp_path / "k"
@@ -274,16 +275,22 @@ def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, mo
 
     def dying(self, batch, state):
         calls["n"] += 1
-        if calls["n"] == 7:
+        if calls["n"] == 6:
             raise SystemExit("killed")
         return real(self, batch, state)
 
     monkeypatch.setattr(T.Trainer, "train_step", dying)
     with pytest.raises(SystemExit):
-        train_tiny("lm", out, tokenizer.path, "--save-every", "3", "--epochs", "1")
-    assert json.loads((out / "resume" / "state.json").read_text())["step"] == 6
+        train_tiny("lm", out, tokenizer.path, "--save-every", "3", "--epochs", "1", "--log-every", "1")
+    assert json.loads((out / "resume" / "state.json").read_text())["step"] == 3
     monkeypatch.setattr(T.Trainer, "train_step", real)
-    assert train_tiny("lm", out, tokenizer.path, "--max-steps", "8", "--epochs", "1", "--resume")["step"] == 8
+    again = train_tiny("lm", out, tokenizer.path, "--max-steps", "8", "--epochs", "1", "--resume", "--log-every", "1")
+    assert again["step"] == 8
+    raw = [r["step"] for r in log_of(out) if "train_loss" in r]
+    assert raw == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]  # steps 4 and 5 ran twice
+    kept = [r for r in read_train_log(out) if "train_loss" in r]
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert kept[3] == [r for r in log_of(out) if r.get("step") == 4 and "train_loss" in r][-1]
 
 
 def test_init_from_copies_matching_weights_from_a_language_model(tmp_path, tokenizer, trained):

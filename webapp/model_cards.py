@@ -1,12 +1,10 @@
 """What each model is: size, configuration, training curves and test metrics with baselines."""
 
-import json
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from nlp.checkpoint import LOG, METRICS, CheckpointError
+from nlp.checkpoint import METRICS, CheckpointError, read_train_log
 from ui import RECIPES, checkpoints_dir, load_cached
 
 st.title("Models")
@@ -30,21 +28,12 @@ for task, title in NAMES.items():
     c3.metric("Stored as", ck.config.get("dtype", "float32"))
     with st.expander("Configuration (config.json)"):
         st.json({k: ck.config[k] for k in ("model", "train", "data") if k in ck.config})
-    log_file = path / LOG
-    if log_file.exists():
-        rows = []
-        for line in log_file.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            for key in ("train_loss", "val_loss"):
-                if key in r and "step" in r:
-                    rows.append({"step": r["step"], "loss": r[key], "curve": key.replace("_", " ")})
-        if rows:
-            st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
-                x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="curve:N"),
-                width="stretch")
+    rows = [{"step": r["step"], "loss": r[key], "curve": key.replace("_", " ")}
+            for r in read_train_log(path) for key in ("train_loss", "val_loss") if key in r and "step" in r]
+    if rows:
+        st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+            x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="curve:N"),
+            width="stretch")
     if ck.metrics:
         for name, result in ck.metrics.items():
             if not isinstance(result, dict) or "metrics" not in result:
