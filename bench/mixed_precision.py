@@ -2,7 +2,7 @@
 
     python bench/mixed_precision.py           # writes bench/results/mixed_precision.json
 
-The shipped LM's shape (configs/lm.toml: 2x400 tied LSTM, 8k vocabulary, batch 32 x 70 tokens) trains on
+The shipped LM's shape (configs/lm.toml: 2x512 tied LSTM, 8k vocabulary, batch 32 x 70 tokens) trains on
 the first windows of WikiText-2 from the same initial weights twice: in float32 (the baseline) and under
 `torch.autocast("cpu", torch.bfloat16)`, what the trainer does when `amp` is on (nlp/train.py: amp_dtype).
 Reported: the median time of a training step (forward, backward, AdamW) and, so that speed is not bought with
@@ -67,9 +67,10 @@ def main(steps: int = 60, val_tokens: int = 40_000) -> None:
     val = D.lm_stream(ds["validation"], tok)[:val_tokens]
     torch.manual_seed(0)
     model = build_model("lm", {**recipe["model"], "vocab_size": tok.vocab_size})
+    m = recipe["model"]
     result = {"machine": machine(), "native_bf16": cpu_has_native_bf16(),
-              "what": f"2x400 tied LSTM LM, batch {b} x {bptt}, {steps} AdamW steps on WikiText-2 train, "
-                      f"validation loss per token on its first {val_tokens:,} tokens"}
+              "what": f"{m['num_layers']}x{m['hidden_size']} LSTM LM (configs/lm.toml), batch {b} x {bptt}, "
+                      f"{steps} AdamW steps on WikiText-2 train, validation loss per token on its first {val_tokens:,} tokens"}
     for name, bf16 in (("float32 (baseline)", False), ("bfloat16 autocast", True)):
         result[name] = run(copy.deepcopy(model), windows, val, bf16, recipe["lr"])
     result["speedup"] = round(result["float32 (baseline)"]["ms_per_step"]
