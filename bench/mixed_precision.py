@@ -66,11 +66,12 @@ def main(steps: int = 60, val_tokens: int = 40_000) -> None:
     windows = D.lm_windows(D.batchify(D.lm_stream(ds["train"], tok), b), bptt)[:steps]
     val = D.lm_stream(ds["validation"], tok)[:val_tokens]
     torch.manual_seed(0)
-    model = build_model("lm", {**recipe["model"], "vocab_size": tok.vocab_size})
-    m = recipe["model"]
+    shape = recipe["model"]
+    model = build_model("lm", {**shape, "vocab_size": tok.vocab_size})
     result = {"machine": machine(), "native_bf16": cpu_has_native_bf16(),
-              "what": f"{m['num_layers']}x{m['hidden_size']} LSTM LM (configs/lm.toml), batch {b} x {bptt}, "
-                      f"{steps} AdamW steps on WikiText-2 train, validation loss per token on its first {val_tokens:,} tokens"}
+              "what": f"{shape['num_layers']}x{shape['hidden_size']} LSTM LM (configs/lm.toml), batch {b} x {bptt}, "
+                      f"{steps} AdamW steps on WikiText-2 train, validation loss per token on its first "
+                      f"{val_tokens:,} tokens"}
     for name, bf16 in (("float32 (baseline)", False), ("bfloat16 autocast", True)):
         result[name] = run(copy.deepcopy(model), windows, val, bf16, recipe["lr"])
     result["speedup"] = round(result["float32 (baseline)"]["ms_per_step"]
