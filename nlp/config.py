@@ -28,6 +28,8 @@ class TrainConfig:
                                         metadata={"help": "corpora for a new tokenizer (default: --corpus)"})
     vocab_size: int = field(default=8000, metadata={"help": "size of a newly trained tokenizer"})
     init_from: str = field(default="", metadata={"help": "checkpoint whose matching weights start this model"})
+    init_lr_scale: float = field(default=1.0, metadata={
+        "help": "learning-rate multiplier for the weights init_from copied (ULMFiT's discriminative fine-tuning)"})
     # batching
     batch_size: int = field(default=32, metadata={"help": "sequences per batch (per process under torchrun)"})
     eval_batch_size: int = field(default=32, metadata={"help": "sequences per evaluation batch"})

@@ -97,6 +97,7 @@ class Trainer:
         self._prepare()
         mcfg = {**cfg.model, "vocab_size": self.tok.vocab_size}
         self.model = build_model(cfg.task, mcfg).to(self.device)
+        self.pretrained: set[str] = set()  # names of the weights init_from copied
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
         self.ddp = None
@@ -203,11 +204,23 @@ class Trainer:
                 taken.append(k)
         if not taken:
             raise ckpt.CheckpointError(f"{path}: no weight fits this model")
+        self.pretrained = set(taken)
         self.log({"event": "init_from", "path": str(path), "tensors": taken})
 
     def _optimizer(self):
+        """One parameter group, or two under init_lr_scale: the new weights at lr, the copied ones at
+        lr * init_lr_scale (ULMFiT: pretrained layers move slower, so fine-tuning keeps what they learned).
+        The schedule scales every group alike."""
         c = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if c.init_lr_scale < 0:
+            raise ValueError(f"init_lr_scale must be >= 0 (0 freezes the copied weights), got {c.init_lr_scale}")
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params = [p for n, p in named if n not in self.pretrained]
+        if c.init_lr_scale != 1.0 and len(params) < len(named):
+            params = [{"params": params},
+                      {"params": [p for n, p in named if n in self.pretrained], "lr": c.lr * c.init_lr_scale}]
+        else:
+            params = [p for _, p in named]
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         if c.optimizer == "sgd":

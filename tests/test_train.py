@@ -309,3 +309,28 @@ def test_init_from_copies_matching_weights_from_a_language_model(tmp_path, token
     taken = next(r for r in log_of(out) if r.get("event") == "init_from")["tensors"]
     assert "embed.weight" in taken and "encoder.weight_ih_l0" in taken
     assert not any("reverse" in k for k in taken)
+
+
+def test_init_lr_scale_moves_the_copied_weights_slower(tmp_path, tokenizer, trained):
+    """ULMFiT's discriminative fine-tuning: the weights init_from copied get lr * init_lr_scale; at 0 they stay
+    exactly as the LM left them while the new ones train. A negative scale is refused."""
+    lm = load_checkpoint(trained["lm"]).model
+    argv = ["--task", "sentiment", "--corpus", str(SENTIMENT), "--tokenizer", str(tokenizer.path), "--no-amp",
+            "--init-from", str(trained["lm"]), "--model.emb_dim", "32", "--model.hidden_size", "32",
+            "--model.num_layers", "1", "--model.attn_dim", "8", "--max-steps", "3", "--warmup-steps", "0"]
+    scaled = Trainer(resolve_config([*argv, "--out", str(tmp_path / "a"), "--init-lr-scale", "0.25"]))
+    new, old = scaled.opt.param_groups
+    assert old["initial_lr"] == pytest.approx(0.25 * new["initial_lr"])
+    copied = {id(p) for n, p in scaled.model.named_parameters() if n in scaled.pretrained}
+    assert {id(p) for p in old["params"]} == copied and not copied & {id(p) for p in new["params"]}
+
+    frozen = Trainer(resolve_config([*argv, "--out", str(tmp_path / "b"), "--init-lr-scale", "0"]))
+    before = {n: p.detach().clone() for n, p in frozen.model.named_parameters()}
+    frozen.fit()
+    after = dict(frozen.model.named_parameters())
+    torch.testing.assert_close(after["embed.weight"], lm.embed.weight, rtol=0, atol=0)
+    torch.testing.assert_close(after["encoder.weight_hh_l0"], lm.rnn.weight_hh_l0, rtol=0, atol=0)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen.pretrained)  # they train
+
+    with pytest.raises(ValueError, match="init_lr_scale"):
+        Trainer(resolve_config([*argv, "--out", str(tmp_path / "c"), "--init-lr-scale", "-1"]))
