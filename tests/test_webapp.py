@@ -181,6 +181,8 @@ def test_models_page_shows_each_checkpoint(checkpoints):
     assert [h.value for h in at.header] == ["Chat (encoder-decoder with attention)", "Language model",
                                             "Sentiment classifier"]
     assert len(at.metric) == 9
+    curves = [c.value for c in at.caption if c.value.startswith("Train loss:")]
+    assert len(curves) == 3 and all("val loss" in c for c in curves)  # each chart says what its curves are
 
 
 def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoints):

@@ -34,6 +34,11 @@ for task, title in NAMES.items():
         st.altair_chart(alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
             x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="curve:N"),
             width="stretch")
+        smoothing = ck.config.get("train", {}).get("label_smoothing", 0)
+        st.caption("Train loss: the mean over the steps since the previous log line, in training mode (dropout on"
+                   + (f", label smoothing {smoothing:g} added" if smoothing else "") + "); val loss: the validation "
+                   "split in evaluation mode, so train loss can sit above it. Lines logged by code older than "
+                   "commit 44834f8 hold running means since the process started instead.")
     if ck.metrics:
         for name, result in ck.metrics.items():
             if not isinstance(result, dict) or "metrics" not in result:
