@@ -215,12 +215,11 @@ class Trainer:
         if c.init_lr_scale < 0:
             raise ValueError(f"init_lr_scale must be >= 0 (0 freezes the copied weights), got {c.init_lr_scale}")
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        params = [p for n, p in named if n not in self.pretrained]
-        if c.init_lr_scale != 1.0 and len(params) < len(named):
-            params = [{"params": params},
-                      {"params": [p for n, p in named if n in self.pretrained], "lr": c.lr * c.init_lr_scale}]
-        else:
-            params = [p for _, p in named]
+        copied = [p for n, p in named if n in self.pretrained]
+        params = [p for _, p in named]
+        if c.init_lr_scale != 1.0 and copied:
+            params = [{"params": [p for n, p in named if n not in self.pretrained]},
+                      {"params": copied, "lr": c.lr * c.init_lr_scale}]
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         if c.optimizer == "sgd":
