@@ -49,6 +49,10 @@ class TrainConfig:
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     plateau_factor: float = field(default=0.25, metadata={"help": "plateau: multiply lr by this on a stall"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    rank_weight: float = field(default=1.0, metadata={"help": "chat: weight of the next-reply loss (models with "
+                                                              "model.rank_dim > 0)"})
+    empty_context_rate: float = field(default=0.0, metadata={
+        "help": "chat: fraction of training contexts replaced by an empty one, so the model also learns p(reply)"})
     rating_weight: float = field(default=0.5, metadata={"help": "sentiment: weight of the rating (MSE) loss"})
     epochs: int = field(default=10, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit)"})

@@ -102,7 +102,9 @@ def collate_chat(examples: list[ChatExample]) -> dict[str, Tensor]:
     src, src_len = pad([e.src for e in examples])
     tgt_in, _ = pad([[BOS] + e.tgt for e in examples])
     tgt_out, _ = pad([e.tgt + [EOS] for e in examples])
-    return {"src": src, "src_len": src_len, "tgt_in": tgt_in, "tgt_out": tgt_out}
+    reply, reply_len = pad([e.tgt for e in examples])  # the reply alone, for the next-reply head
+    return {"src": src, "src_len": src_len, "tgt_in": tgt_in, "tgt_out": tgt_out, "reply": reply,
+            "reply_len": reply_len}
 
 
 def collate_sentiment(examples: list[SentimentExample]) -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ is a dict of tensors with the batch in dim 0 (so beam search can reorder it with
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -74,6 +75,46 @@ def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor | None = None, hx=None):
     out, state = rnn(packed, hx)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out, state
+
+
+def reverse_index(lengths: Tensor, T: int) -> Tensor:
+    """(B, T) positions that reverse each row's first lengths[b] entries and leave its padding in place."""
+    t = torch.arange(T, device=lengths.device).unsqueeze(0)
+    n = lengths.unsqueeze(1)
+    return torch.where(t < n, n - 1 - t, t)
+
+
+def run_bidirectional_unpacked(rnn: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+    """Outputs (B, T, 2H) of a bidirectional fused LSTM on a right-padded batch, exact at every real position,
+    without packing (which costs a BiLSTM 1.9x on CPU: bench/packing.py).
+
+    The forward direction reads each row from its start, so the padding after its end cannot reach a real
+    position. The backward direction runs forward over each row reversed within its length (padding still at
+    the end) and is turned back. Each direction of each layer is one fused call on that direction's own
+    weights, so the parameters are those of `rnn`. Final states are not returned: past a row's end they have
+    read padding (models that need them use `run_rnn`).
+    """
+    B, T, _ = x.shape
+    lengths = lengths.to(x.device).clamp(min=1)
+    rev = reverse_index(lengths, T).unsqueeze(-1)                       # (B, T, 1)
+    inp = x
+    for layer in range(rnn.num_layers):
+        outs = []
+        for sfx in ("", "_reverse"):
+            params = [getattr(rnn, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            xin = inp if not sfx else inp.gather(1, rev.expand(-1, -1, inp.shape[-1]))
+            h0 = inp.new_zeros(1, B, rnn.hidden_size)
+            out, _, _ = torch.lstm(xin, (h0, h0), params, True, 1, 0.0, rnn.training, False, True)
+            outs.append(out if not sfx else out.gather(1, rev.expand(-1, -1, out.shape[-1])))
+        inp = torch.cat(outs, -1)
+        if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
+            inp = F.dropout(inp, rnn.dropout, True)
+    return inp
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """x (B, T, D), mask (B, T) True at real positions -> the max over real positions (B, D)."""
+    return x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).max(1).values
 
 
 def token_nll(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -200,6 +241,9 @@ class Seq2SeqConfig:
     dropout: float = 0.2
     tie_weights: bool = True      # output layer shares the embedding matrix
     impl: str = "fused"           # fused | cells
+    bridge: str = "final"         # final: decoder starts from the encoder's final states (run packed) |
+                                  # pool: from the max-pool of the encoder outputs (run unpacked, 1.9x faster)
+    rank_dim: int = 0             # > 0: a next-reply head scores (context, reply) pairs in this many dims
 
 
 class Seq2Seq(nn.Module, _FromConfig):
@@ -214,6 +258,8 @@ class Seq2Seq(nn.Module, _FromConfig):
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         c = self.config = config
+        if c.bridge not in ("final", "pool"):
+            raise ConfigError(f"bridge must be 'final' or 'pool', got {c.bridge!r}")
         if c.attention == "dot" and c.dec_hidden != 2 * c.enc_hidden:
             raise ConfigError(f"dot attention needs dec_hidden == 2 * enc_hidden ({c.dec_hidden} vs "
                               f"{2 * c.enc_hidden}); use 'general' otherwise")
@@ -233,32 +279,91 @@ class Seq2Seq(nn.Module, _FromConfig):
         nn.init.zeros_(self.out.bias)
         if c.tie_weights:
             self.out.weight = self.embed.weight
+        if c.rank_dim:
+            # next-reply head (a dual encoder over the shared BiLSTM): score(context, reply) = s * cos(Wc x, Wr y)
+            self.rank_context = nn.Linear(2 * c.enc_hidden, c.rank_dim)
+            self.rank_reply = nn.Linear(2 * c.enc_hidden, c.rank_dim)
+            self.rank_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # learned inverse temperature (CLIP)
+
+    @torch.no_grad()
+    def pass_decoder_through(self) -> None:
+        """Make the attentional layer start as tanh(decoder state), ignoring the attention context: after the
+        decoder and the output layer were copied from a language model (init_from), the model then starts
+        out predicting replies as that LM would, and learns to use the context from there."""
+        c = self.config
+        if c.dec_hidden != c.emb_dim:
+            return
+        self.combine.weight.zero_()
+        self.combine.weight[:, : c.dec_hidden].copy_(torch.eye(c.dec_hidden))
+        self.combine.bias.zero_()
+
+    def run_encoder(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, object]:
+        """ids (B, S) -> outputs (B, S, 2He), mask (B, S), final states (None under bridge = "pool")."""
+        mask = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.to(ids.device).unsqueeze(1)
+        x = self.drop(self.embed(ids))
+        if self.config.bridge == "pool" and isinstance(self.encoder, nn.LSTM):
+            return run_bidirectional_unpacked(self.encoder, x, lengths), mask, None
+        out, finals = run_rnn(self.encoder, x, lengths)
+        return out, mask, finals
 
     def encode(self, src: Tensor, src_len: Tensor) -> dict[str, Tensor]:
-        """src (B, S) -> the decoder's starting state: memory (B, S, 2He), mask, bridged h and c (B, L, Hd)."""
+        """src (B, S) -> the decoder's starting state: memory (B, S, 2He), mask, bridged h and c (B, L, Hd),
+        and the pooled context (B, 2He)."""
         c = self.config
-        memory, (h, cell) = run_rnn(self.encoder, self.drop(self.embed(src)), src_len)
+        memory, mask, finals = self.run_encoder(src, src_len)
         B = src.shape[0]
+        pooled = masked_max(memory, mask)
 
-        def bridge(x: Tensor, layer: nn.Linear) -> Tensor:
+        def bridge(x: Tensor | None, layer: nn.Linear) -> Tensor:
+            if x is None:                                           # bridge = "pool"
+                return torch.tanh(layer(pooled)).unsqueeze(1).expand(-1, c.dec_layers, -1)
             x = x.view(c.enc_layers, 2, B, c.enc_hidden)           # (layers, directions, B, He)
             x = torch.cat([x[:, 0], x[:, 1]], -1)                   # (layers, B, 2He)
             x = x[-c.dec_layers:] if c.enc_layers >= c.dec_layers else x[-1:].expand(c.dec_layers, -1, -1)
             return torch.tanh(layer(x)).transpose(0, 1)             # (B, Ld, Hd)
 
-        mask = torch.arange(src.shape[1], device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
-        state = {"memory": memory, "mask": mask, "h": bridge(h, self.bridge_h), "c": bridge(cell, self.bridge_c)}
+        h, cell = finals if finals is not None else (None, None)
+        state = {"memory": memory, "mask": mask, "h": bridge(h, self.bridge_h), "c": bridge(cell, self.bridge_c),
+                 "pooled": pooled}
         if c.input_feeding:
             state["feed"] = memory.new_zeros(B, c.emb_dim)
         return state
+
+    # next-reply head ------------------------------------------------------------
+    def context_vectors(self, pooled: Tensor) -> Tensor:
+        """Pooled contexts (B, 2He) -> unit vectors (B, R) for the next-reply head."""
+        return F.normalize(self.rank_context(pooled).float(), dim=-1)
+
+    def reply_vectors(self, reply: Tensor, reply_len: Tensor) -> Tensor:
+        """Replies (N, T) without BOS/EOS -> unit vectors (N, R), read by the same encoder as the context."""
+        out, mask, _ = self.run_encoder(reply, reply_len)
+        return F.normalize(self.rank_reply(masked_max(out, mask)).float(), dim=-1)
+
+    def head_scale(self) -> Tensor:
+        return self.rank_scale.float().clamp(max=math.log(100.0)).exp()
+
+    def rank_logits(self, ctx: Tensor, rep: Tensor) -> Tensor:
+        """(B, R) x (N, R) -> (B, N) scores: the learned scale times the cosine."""
+        return self.head_scale() * ctx @ rep.t()
 
     def _attend(self, dec_out: Tensor, state: dict) -> tuple[Tensor, Tensor]:
         context, weights = self.attn(dec_out, state["memory"], state["mask"])
         return torch.tanh(self.combine(torch.cat([dec_out, context], -1))), weights
 
-    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: tgt_in (B, T) starts with BOS. Returns logits (B, T, V) and attention (B, T, S)."""
+    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, reply: Tensor | None = None,
+                reply_len: Tensor | None = None):
+        """Teacher forcing: tgt_in (B, T) starts with BOS. Returns logits (B, T, V) and attention (B, T, S);
+        given the replies (B, T') too (training the next-reply head), also the (B, B) scores of every context
+        against every reply of the batch."""
         state = self.encode(src, src_len)
+        logits, weights = self.decode(state, tgt_in)
+        if reply is None:
+            return logits, weights
+        return logits, weights, self.rank_logits(self.context_vectors(state["pooled"]),
+                                                 self.reply_vectors(reply, reply_len))
+
+    def decode(self, state: dict, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoder from an encoded state: logits (B, T, V) and attention (B, T, S)."""
         emb = self.drop(self.embed(tgt_in))
         if not self.config.input_feeding:
             dec_out, _ = run_rnn(self.decoder, emb, hx=state_from_batch_first(state))

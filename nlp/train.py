@@ -35,7 +35,7 @@ from nlp import data as D
 from nlp.config import TrainConfig, resolve_config
 from nlp.corpora import CorpusError, load_corpus, source_of, task_of
 from nlp.models import build_model, token_nll
-from nlp.tokenizer import Tokenizer, corpus_texts, train_tokenizer
+from nlp.tokenizer import PAD, SEP, Tokenizer, corpus_texts, train_tokenizer
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -83,6 +83,11 @@ def all_reduce_sum(*values: float, device) -> list[float]:
 # --------------------------------------------------------------------------- the trainer
 class Stop(Exception):
     pass
+
+
+# init_from: how the weights of a source model's task are named in the model being trained
+INIT_NAMES = {("sentiment", "lm"): {"rnn.": "encoder."},
+              ("chat", "lm"): {"rnn.": "decoder.", "decoder.bias": "out.bias"}}  # the LM becomes the decoder
 
 
 class Trainer:
@@ -192,18 +197,21 @@ class Trainer:
     # model pieces ----------------------------------------------------------------
     def _init_from(self, path: Path):
         """Copy every weight whose name and shape match (e.g. an LM's embedding into the classifier)."""
-        source = ckpt.load_checkpoint(path).model.state_dict()
+        src_ck = ckpt.load_checkpoint(path)
+        source = src_ck.model.state_dict()
         own = self.model.state_dict()
-        names = {"rnn.": "encoder."} if self.cfg.task == "sentiment" else {}
+        names = INIT_NAMES.get((self.cfg.task, src_ck.task), {})
         taken = []
         for k, v in source.items():
-            for a, b in names.items():
-                k = k.replace(a, b) if k.startswith(a) else k
+            a = next((a for a in names if k.startswith(a)), None)  # the first rule that fits renames it
+            k = names[a] + k[len(a):] if a else k
             if k in own and own[k].shape == v.shape:
                 own[k].copy_(v)
                 taken.append(k)
         if not taken:
             raise ckpt.CheckpointError(f"{path}: no weight fits this model")
+        if (self.cfg.task, src_ck.task) == ("chat", "lm") and "decoder.weight_hh_l0" in taken:
+            self.model.pass_decoder_through()  # start out as the LM, then learn to read the context
         self.pretrained = set(taken)
         self.log({"event": "init_from", "path": str(path), "tensors": taken})
 
@@ -264,8 +272,7 @@ class Trainer:
                 return loss, n, state, {}
             b = {k: v.to(dev) for k, v in batch.items()}
             if self.cfg.task == "chat":
-                loss, n = token_nll(m(b["src"], b["src_len"], b["tgt_in"])[0], b["tgt_out"], ls)
-                return loss, n, None, {}
+                return self.chat_loss(m, b, ls, train)
             out = m(b["ids"], b["lengths"])
             labelled = b["label"] >= 0
             loss = F.cross_entropy(out["logits"].float(), b["label"], ignore_index=-1, reduction="sum",
@@ -278,20 +285,73 @@ class Trainer:
                                                                   reduction="sum")
             return loss, torch.tensor(len(b["label"]), device=dev), None, extra
 
+    def chat_loss(self, m, b: dict, ls: float, train: bool):
+        """Reply NLL, plus the next-reply loss when the model has that head: each context of the batch picks
+        its own reply among the batch's replies (the others are the distractors; TransferTransfo, Wolf et al.
+        2019). In training, `empty_context_rate` of the contexts are replaced by an empty one (a lone <sep>),
+        so the same model also learns p(reply) alone, the denominator of the mutual-information score."""
+        cfg, src, src_len = self.cfg, b["src"], b["src_len"]
+        B = src.shape[0]
+        real = torch.ones(B, dtype=torch.bool, device=src.device)
+        if train and cfg.empty_context_rate:
+            real = torch.rand(B, device=src.device) >= cfg.empty_context_rate
+            src = torch.where(real.unsqueeze(1), src, torch.full_like(src, PAD))
+            src[~real, 0] = SEP
+            src_len = torch.where(real, src_len, torch.ones_like(src_len))
+        ranked = self.model.config.rank_dim > 0 and B > 1
+        out = m(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()))
+        loss, n = token_nll(out[0], b["tgt_out"], ls)
+        extra = {}
+        if ranked:
+            scores = out[2]
+            same = (b["reply"].unsqueeze(1) == b["reply"].unsqueeze(0)).all(-1)  # a repeated reply is no distractor
+            scores = scores.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=src.device), float("-inf"))
+            target = torch.arange(B, device=src.device)
+            rank = F.cross_entropy(scores[real], target[real], reduction="sum")
+            loss = loss + cfg.rank_weight * rank / real.sum().clamp(min=1) * n
+            extra = {"rank_correct": float((scores[real].argmax(-1) == target[real]).sum()),
+                     "rank_rows": float(real.sum()), "rank_loss": float(rank.detach())}
+        return loss, n, None, extra
+
+    @torch.no_grad()
+    def context_gain(self, batch) -> tuple[float, float]:
+        """(summed reply NLL with each context swapped for the next row's, the same with the true contexts):
+        how much the model reads its context, in nats."""
+        b = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast():
+            true = token_nll(self.model(b["src"], b["src_len"], b["tgt_in"])[0], b["tgt_out"])[0]
+            other = token_nll(self.model(b["src"].roll(1, 0), b["src_len"].roll(1, 0), b["tgt_in"])[0],
+                              b["tgt_out"])[0]
+        return float(other), float(true)
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
         total = count = correct = labelled = 0.0
+        sums: dict[str, float] = {}
         state = None
         for batch in self.val_batches():
             loss, n, state, extra = self.batch_loss(batch, state, train=False)
+            if "rank_loss" in extra:  # the generation loss alone is the validation loss
+                loss = loss - self.cfg.rank_weight * extra["rank_loss"] / max(extra["rank_rows"], 1) * n
             total, count = total + float(loss), count + float(n)
             correct += extra.get("correct", 0)
             labelled += extra.get("labelled", 0)
+            for k in ("rank_correct", "rank_rows", "rank_loss"):
+                sums[k] = sums.get(k, 0.0) + extra.get(k, 0.0)
+            if self.cfg.task == "chat" and len(batch["src"]) > 1:
+                other, true = self.context_gain(batch)
+                sums["gain"] = sums.get("gain", 0.0) + other - true
+                sums["gain_tokens"] = sums.get("gain_tokens", 0.0) + float(n)
         self.model.train()
         result = {"val_loss": total / max(count, 1)}
         if self.cfg.task in ("lm", "chat"):
             result["val_token_perplexity"] = math.exp(min(result["val_loss"], 50))
+        if sums.get("gain_tokens"):
+            result["val_context_gain"] = sums["gain"] / sums["gain_tokens"]
+        if sums.get("rank_rows"):  # hits@1 among the batch's replies (eval_batch_size candidates)
+            result["val_rank_accuracy"] = sums["rank_correct"] / sums["rank_rows"]
+            result["val_rank_loss"] = sums["rank_loss"] / sums["rank_rows"]
         if self.cfg.task == "sentiment":
             result["val_accuracy"] = correct / max(labelled, 1)
         return result

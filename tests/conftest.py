@@ -19,7 +19,8 @@ SENTIMENT = FIXTURES / "vader_amazon.tsv"
 TINY = {
     "lm": ["--model.emb_dim", "32", "--model.hidden_size", "32", "--bptt", "16", "--batch-size", "8"],
     "chat": ["--model.emb_dim", "32", "--model.enc_hidden", "24", "--model.dec_hidden", "48",
-             "--model.enc_layers", "1", "--model.dec_layers", "1", "--batch-size", "16"],
+             "--model.enc_layers", "1", "--model.dec_layers", "1", "--batch-size", "16", "--model.bridge", "pool",
+             "--model.rank_dim", "16", "--empty-context-rate", "0.1"],
     "sentiment": ["--model.emb_dim", "32", "--model.hidden_size", "24", "--model.num_layers", "1",
                   "--model.attn_dim", "16", "--batch-size", "16"],
 }
