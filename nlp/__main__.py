@@ -26,37 +26,37 @@ from nlp.serve import check_text
 from nlp.tokenizer import TokenizerError
 
 
-def add_generation_args(p: argparse.ArgumentParser, strategy: str = "sample") -> None:
-    d = GenerationConfig()
-    g = p.add_argument_group("decoding")
-    g.add_argument("--strategy", choices=["greedy", "sample", "beam"], default=strategy,
-                   help=f"how to pick each token (default {strategy})")
-    g.add_argument("--temperature", type=float, default=d.temperature,
-                   help=f"lower = more predictable, higher = more varied; 0 = greedy (default {d.temperature})")
-    g.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most likely tokens; 0 = all")
-    g.add_argument("--top-p", type=float, default=d.top_p,
-                   help=f"sample among the most likely tokens that together reach p (default {d.top_p})")
-    g.add_argument("--min-p", type=float, default=d.min_p,
-                   help="drop tokens less likely than min-p x the most likely one (default 0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
-                   help="> 1 discourages tokens already in the text (default 1 = off)")
-    g.add_argument("--no-repeat-ngram", type=int, default=d.no_repeat_ngram_size,
-                   help="never repeat an n-gram of this size (default 0 = off)")
-    g.add_argument("--num-beams", type=int, default=d.num_beams, help="beams for --strategy beam")
-    g.add_argument("--length-penalty", type=float, default=d.length_penalty,
-                   help="beam score = log-prob / length ** this (default 1)")
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="stop after this many tokens")
-    g.add_argument("--min-new-tokens", type=int, default=d.min_new_tokens,
-                   help=f"no end of text before this many tokens (default {d.min_new_tokens}: never empty)")
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Decoding flags; each one left out takes the checkpoint's default (nlp.serve.default_decoding: the app's)."""
+    g = p.add_argument_group("decoding (each defaults to the app's setting for the checkpoint)")
+    g.add_argument("--strategy", choices=["greedy", "sample", "beam"], help="how to pick each token")
+    g.add_argument("--temperature", type=float, help="lower = more predictable, higher = more varied; 0 = greedy")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens; 0 = all")
+    g.add_argument("--top-p", type=float, help="sample among the most likely tokens that together reach p")
+    g.add_argument("--min-p", type=float, help="drop tokens less likely than min-p x the most likely one (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages tokens already in the text (1 = off)")
+    g.add_argument("--no-repeat-ngram", type=int, dest="no_repeat_ngram_size",
+                   help="never repeat an n-gram of this size (0 = off)")
+    g.add_argument("--num-beams", type=int, help="beams for --strategy beam")
+    g.add_argument("--length-penalty", type=float, help="beam score = log-prob / length ** this")
+    g.add_argument("--max-new-tokens", type=int, help="stop after this many tokens")
+    g.add_argument("--min-new-tokens", type=int, help="no end of text before this many tokens (1: never empty)")
+    g.add_argument("--num-candidates", type=int,
+                   help="chat: sample this many replies and keep the best by the ranking score (1 = plain sampling)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
 
 
-def generation_config(a: argparse.Namespace, **extra) -> GenerationConfig:
-    return GenerationConfig(strategy=a.strategy, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                            min_p=a.min_p, repetition_penalty=a.repetition_penalty,
-                            no_repeat_ngram_size=a.no_repeat_ngram, num_beams=a.num_beams,
-                            length_penalty=a.length_penalty, max_new_tokens=a.max_new_tokens,
-                            min_new_tokens=a.min_new_tokens, **extra)
+GENERATION_FLAGS = ("strategy", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                    "no_repeat_ngram_size", "num_beams", "length_penalty", "max_new_tokens", "min_new_tokens",
+                    "num_candidates")
+
+
+def generation_config(a: argparse.Namespace, ck, **extra) -> GenerationConfig:
+    """The checkpoint's default decoding with the flags that were given on top."""
+    from nlp.serve import default_decoding
+
+    given = {k: getattr(a, k) for k in GENERATION_FLAGS if getattr(a, k, None) is not None}
+    return GenerationConfig.from_dict({**default_decoding(ck).__dict__, **given, **extra})
 
 
 def load(path: str, task: str, impl: str | None = None):
@@ -113,7 +113,7 @@ def cmd_eval(a) -> int:
     from nlp.evaluate import evaluate, record
 
     ck = load(a.checkpoint, task=_task_of_checkpoint(a.checkpoint))
-    gen = generation_config(a) if ck.task == "chat" else None
+    gen = generation_config(a, ck) if ck.task == "chat" else None
     result = evaluate(ck, a.corpus, a.split, a.max_examples, gen, seed=a.seed or 0)
     where = record(result, Path(a.checkpoint), Path(a.output) if a.output else None, a.tag)
     if a.json:
@@ -125,6 +125,21 @@ def cmd_eval(a) -> int:
         for name, b in result["baselines"].items():
             print(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.items() if isinstance(v, float)))
     print(f"written to {where}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_chat(a) -> int:
+    from nlp.checkpoint import update_config
+    from nlp.evaluate import tune_chat
+
+    ck = load(a.checkpoint, "chat")
+    result = tune_chat(ck, a.corpus, a.split, a.max_examples, seed=a.seed)
+    print(json.dumps(result, indent=1))
+    if a.write:
+        decoding = {**(ck.config.get("decoding") or {}), **result["decoding"]}
+        update_config(a.checkpoint, decoding=decoding, decoding_tuning={k: v for k, v in result.items()
+                                                                         if k != "decoding"})
+        print(f"written to {Path(a.checkpoint) / 'config.json'} (\"decoding\")", file=sys.stderr)
     return 0
 
 
@@ -140,7 +155,7 @@ def cmd_generate(a) -> int:
 
     ck = load(a.checkpoint, "lm", a.impl)
     prompt = check_text(a.prompt, "prompt")
-    cfg = generation_config(a, stop_at_eos=not a.multiline)
+    cfg = generation_config(a, ck, stop_at_eos=not a.multiline)
     for n in range(a.num_samples):
         if a.num_samples > 1:
             print(f"--- sample {n + 1}")
@@ -158,7 +173,7 @@ def cmd_chat(a) -> int:
     from nlp.serve import chat_reply
 
     ck = load(a.checkpoint, "chat", a.impl)
-    cfg = generation_config(a)
+    cfg = generation_config(a, ck)
     g = make_generator(a.seed)
     history: list[str] = []
     interactive = sys.stdin.isatty()
@@ -265,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(e)
     e.set_defaults(fn=cmd_eval)
 
+    tc = sub.add_parser("tune-chat", help="choose a chat checkpoint's ranking weights and candidate count on "
+                        "validation data")
+    tc.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    tc.add_argument("--corpus", default="chitchat", help="dialogue corpus (default chitchat)")
+    tc.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")
+    tc.add_argument("--max-examples", type=int, default=1000, help="rows for Hits@1 (default 1000)")
+    tc.add_argument("--seed", type=int, default=0, help="seed for the row sample and the candidates")
+    tc.add_argument("--write", action="store_true", help="store the choice as the checkpoint's default decoding")
+    tc.set_defaults(fn=cmd_tune_chat)
+
     for name, fn, helptext in [("generate", cmd_generate, "continue a prompt with the language model"),
                                ("chat", cmd_chat, "talk to the chat model (reads lines from stdin)"),
                                ("sentiment", cmd_sentiment, "classify texts with the sentiment model")]:
@@ -281,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--file", help="a UTF-8 text file, one text a line")
             s.add_argument("--json", action="store_true", help="one JSON object a line, with attention")
         else:
-            add_generation_args(s, "sample")
+            add_generation_args(s)
         s.set_defaults(fn=fn)
     return p
 

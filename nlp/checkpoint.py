@@ -144,6 +144,13 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def update_config(path: str | Path, **entries) -> None:
+    """Set top-level entries of a checkpoint's config.json (e.g. its tuned default decoding), atomically."""
+    config = read_config(path)
+    config.update(entries)
+    write_json(Path(path) / CONFIG, config)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: str | None = None) -> Checkpoint:
     """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line."""
     path = Path(path)

@@ -50,6 +50,7 @@ class GenerationConfig:
     length_penalty: float = 1.0       # beam score = log-prob / length ** length_penalty
     num_return_sequences: int = 1     # n-best for beam search
     stop_at_eos: bool = True          # the LM's end of line; when False it becomes a newline
+    num_candidates: int = 1           # chat, sampling: draw this many replies and show the best by the ranking
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -64,6 +65,7 @@ class GenerationConfig:
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
                   (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
                   (self.num_beams >= 1, "num_beams must be >= 1"),
+                  (1 <= self.num_candidates <= 64, "num_candidates must be between 1 and 64"),
                   (1 <= self.num_return_sequences <= max(1, self.num_beams),
                    "num_return_sequences must be between 1 and num_beams")]
         for ok, msg in checks:

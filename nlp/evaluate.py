@@ -8,14 +8,18 @@ into CHECKPOINT/metrics.json under "CORPUS:SPLIT" (or writes it to --output).
              baseline: add-one unigram over the training words
   sentiment  accuracy, macro_f1, confusion (binary, neutral ratings dropped), pearson of the rating head
              baselines: Naive Bayes bag of words (nltk, same train split), the VADER lexicon
-  chat       f1 (ParlAI), bleu, distinct_1/2, token/word perplexity of the reference replies
-             baselines: TF-IDF retrieval (nearest training context -> its reply), the most frequent reply
+  chat       f1 (ParlAI), bleu, distinct_1/2, token/word perplexity of the reference replies, context_gain
+             (reply NLL after another row's context minus after its own, nats a token), hits_at_1 (the true
+             reply among 20, ranked by the app's ranking score: nlp.ranking)
+             baselines: TF-IDF retrieval (nearest training context -> its reply), the most frequent reply,
+             TF-IDF ranking (the same 20 candidates by cosine with the context)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -23,10 +27,11 @@ import torch
 
 from nlp import data as D
 from nlp import metrics as M
+from nlp import ranking as R
 from nlp.checkpoint import METRICS, Checkpoint, write_json
 from nlp.corpora import load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
-from nlp.serve import classify
+from nlp.serve import classify, default_decoding, ranking_weights
 from nlp.tokenizer import EOS
 
 
@@ -125,58 +130,199 @@ def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tu
 
 
 # --------------------------------------------------------------------------- chat
-def chat_baselines(train, contexts: list[list[str]], refs: list[str]) -> dict:
-    from sklearn.feature_extraction.text import TfidfVectorizer
+class TfidfRetriever:
+    """The retrieval baseline: the training context most like the last turn (TF-IDF cosine) -> its reply."""
 
-    train_ctx = [c[-1] if c else "" for c in train["context"]]
+    def __init__(self, train):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.replies = list(train["response"])
+        self.vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+        self.X = self.vec.fit_transform([c[-1] if c else "" for c in train["context"]])
+
+    def reply(self, contexts: list[list[str]]) -> list[str]:
+        Q = self.vec.transform([c[-1] if c else "" for c in contexts])
+        best = []
+        for start in range(0, Q.shape[0], 256):  # (q, n) similarity in slices keeps memory flat
+            best += (Q[start:start + 256] @ self.X.T).toarray().argmax(1).tolist()
+        return [self.replies[i] for i in best]
+
+
+def chat_baselines(train, contexts: list[list[str]], refs: list[str]) -> dict:
+    retrieved = TfidfRetriever(train).reply(contexts)
     train_resp = list(train["response"])
-    vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-    X = vec.fit_transform(train_ctx)
-    Q = vec.transform([c[-1] if c else "" for c in contexts])
-    best = []
-    for start in range(0, Q.shape[0], 256):  # (q, n) similarity in slices keeps memory flat
-        sims = (Q[start:start + 256] @ X.T).toarray()
-        best += sims.argmax(1).tolist()
-    retrieved = [train_resp[i] for i in best]
     common = Counter(M.normalize_answer(r) for r in train_resp).most_common(1)[0][0]
     frequent = next(r for r in train_resp if M.normalize_answer(r) == common)
     return {"tfidf_retrieval": M.dialogue_scores(retrieved, refs),
             "most_frequent_reply": {"reply": frequent, **M.dialogue_scores([frequent] * len(refs), refs)}}
 
 
+def derangement(n: int, rng: random.Random) -> list[int]:
+    """A seeded permutation with no fixed point: row i gets the context of row perm[i] != i."""
+    if n < 2:
+        return list(range(n))
+    order = list(range(n))
+    rng.shuffle(order)
+    perm = [0] * n
+    for k in range(n):  # each row takes the next row's in a random cycle
+        perm[order[k]] = order[(k + 1) % n]
+    return perm
+
+
 @torch.no_grad()
-def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: GenerationConfig, seed: int = 0,
-              context_turns: int | None = None, max_src_len: int | None = None, **_) -> tuple[dict, dict]:
+def reply_nll(model, examples: list) -> tuple[float, int]:
+    """Summed NLL of the reference replies (teacher forcing, EOS included) and their token count."""
+    total = tokens = 0.0
+    for batch in D.batches_of(examples, 64, None):
+        loss, n = model.loss(batch["src"], batch["src_len"], batch["tgt_in"], batch["tgt_out"])
+        total, tokens = total + float(loss), tokens + float(n)
+    return total, int(tokens)
+
+
+def context_text(turns: list[str]) -> str:
+    return " ".join(turns)
+
+
+def ranking_candidates(n: int, k: int, rng: random.Random) -> tuple[list[list[int]], list[int]]:
+    """For each of n rows: k row indices (its own and k - 1 others, seeded, in random order) and where its
+    own one stands."""
+    cands, truth = [], []
+    for i in range(n):
+        others = rng.sample(range(n - 1), k - 1)
+        idx = [j + (j >= i) for j in others] + [i]  # skip row i itself
+        rng.shuffle(idx)
+        cands.append(idx)
+        truth.append(idx.index(i))
+    return cands, truth
+
+
+def tfidf_ranking(train, contexts: list[list[str]], refs: list[str], cands: list[list[int]],
+                  truth: list[int]) -> dict:
+    """The same candidates ranked by TF-IDF cosine between the context and each candidate reply."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True)
+    vec.fit([context_text(c) for c in train["context"]] + list(train["response"]))
+    Q, R = vec.transform([context_text(c) for c in contexts]), vec.transform(refs)
+    hits = 0
+    for i, (idx, t) in enumerate(zip(cands, truth)):
+        sims = (Q[i] @ R[idx].T).toarray()[0]
+        hits += int(sims.argmax() == t)
+    return {"hits_at_1": hits / max(len(cands), 1)}
+
+
+def chat_rows(ck: Checkpoint, dd, split: str, max_examples: int, seed: int):
+    """The rows of a split that make an example (a non-empty context and reply), so NLL and word counts cover
+    the same rows; with max_examples, a fixed, seeded sample of them. -> (rows, examples, contexts)."""
     train_cfg = ck.config.get("train", {})
-    turns = context_turns or train_cfg.get("context_turns", 3)
-    src_len = max_src_len or train_cfg.get("max_src_len", 96)
-    # rows that make an example (a non-empty context and reply), so NLL and word counts cover the same rows
+    turns = train_cfg.get("context_turns", 3)
+    src_len = train_cfg.get("max_src_len", 96)
     ds = dd[split].filter(lambda r: bool(r["response"].strip()) and any(t.strip() for t in r["context"][-turns:]))
-    if max_examples and len(ds) > max_examples:  # a fixed, seeded sample of whole rows
+    if max_examples and len(ds) > max_examples:
         ds = ds.shuffle(seed=seed).select(range(max_examples))
     examples = D.chat_examples(ds, ck.tokenizer, turns, src_len, 10_000)
     assert len(examples) == len(ds), "every kept row makes one example"
+    return ds, examples, [c[-turns:] for c in ds["context"]]
+
+
+def ranking_components(model, examples: list, cands: list[list[int]], prior: bool):
+    """Components of the ranking score for each row's candidates (rows x k), and the prior term if asked."""
+    comp = R.components(model, [e.src for e in examples], [[examples[j].tgt for j in idx] for idx in cands])
+    prior_scores = None
+    if prior:
+        own = R.prior_loglik(model, [e.tgt for e in examples])
+        prior_scores = torch.stack([own[idx] for idx in cands]).view(-1)
+    return comp, prior_scores
+
+
+@torch.no_grad()
+def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: GenerationConfig, seed: int = 0,
+              **_) -> tuple[dict, dict]:
+    ds, examples, contexts = chat_rows(ck, dd, split, max_examples, seed)
+    model = ck.model
     # perplexity of the reference replies (teacher forcing), per token and per word
-    total = tokens = 0.0
-    for batch in D.batches_of(examples, 64, None):
-        loss, n = ck.model.loss(batch["src"], batch["src_len"], batch["tgt_in"], batch["tgt_out"])
-        total, tokens = total + float(loss), tokens + float(n)
+    total, tokens = reply_nll(model, examples)
     n_words = sum(len(r.split()) + 1 for r in ds["response"])  # + 1: the end of the reply, as for the LM
-    metrics = M.perplexities(total, int(tokens), n_words)
-    contexts = [c[-turns:] for c in ds["context"]]
-    prompts = [ck.tokenizer.encode_turns(c, src_len) or [EOS] for c in contexts]
+    metrics = M.perplexities(total, tokens, n_words)
+    # how much the context matters: the same replies after the contexts of other rows
+    perm = derangement(len(examples), random.Random(seed))
+    swapped, _ = reply_nll(model, [D.ChatExample(examples[j].src, e.tgt) for j, e in zip(perm, examples)])
+    metrics["context_gain"] = (swapped - total) / max(tokens, 1)
+    # Hits@1 of 20: the true reply among 19 of other rows, ranked by the score the app ranks candidates with
+    weights = ranking_weights(ck)
+    refs = list(ds["response"])
+    k = min(RANK_CANDIDATES, len(examples))
+    cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
+    baselines = chat_baselines(dd["train"], contexts, refs)
+    if k > 1:
+        comp, prior = ranking_components(model, examples, cands, R.needs_prior(weights))
+        scores = R.combine(comp, weights, prior).view(len(examples), k)
+        metrics["hits_at_1"] = float((scores.argmax(1) == torch.tensor(truth)).float().mean())
+        metrics["hits_at_1_candidates"] = k
+        metrics["hits_at_1_chance"] = 1 / k
+        baselines["tfidf_ranking"] = tfidf_ranking(dd["train"], contexts, refs, cands, truth)
+    # replies under the given decoding
+    prompts = [e.src for e in examples]
     if gen.strategy == "beam":  # one context at a time: beam search keeps its own batch of hypotheses
-        ids = [beam_search(ck.model, p, gen)[0][0] for p in prompts]
+        ids = [beam_search(model, p, gen)[0][0] for p in prompts]
+    elif gen.num_candidates > 1:
+        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed))]
     else:
         g = make_generator(seed)
-        ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(ck.model, prompts[start:start + 64],
+        ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(model, prompts[start:start + 64],
                                                                                gen, g)]
     replies = [ck.tokenizer.decode(r) for r in ids]
-    refs = list(ds["response"])
     metrics.update(M.dialogue_scores(replies, refs))
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
                           for c, r, ref in list(zip(contexts, replies, refs))[:5]]
-    return metrics, chat_baselines(dd["train"], contexts, refs)
+    return metrics, baselines
+
+
+RANK_CANDIDATES = 20
+
+
+@torch.no_grad()
+def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_examples: int = 1000, seed: int = 0,
+              candidate_counts: tuple[int, ...] = (1, 4, 8, 16), f1_examples: int = 500) -> dict:
+    """Choose the chat model's default decoding on validation data:
+    1. the ranking weights by Hits@1 of 20 (a grid over the likelihood weight and the MI lambda, the head's
+       weight fixed at 1 when the model has one);
+    2. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights.
+    Returns {"decoding": the chosen entry, "grid": every Hits@1, "f1": F1 per candidate count}."""
+    dd = load_corpus(corpus)
+    if split == "test":
+        raise ValueError("tune on validation (or train) data: the test split is read once, for the report")
+    ds, examples, _ = chat_rows(ck, dd, split, max_examples, seed)
+    model = ck.model
+    k = min(RANK_CANDIDATES, len(examples))
+    if k < 2:
+        raise ValueError(f"{corpus}:{split} has too few rows to rank")
+    cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
+    comp, prior = ranking_components(model, examples, cands, prior=True)
+    truth_t = torch.tensor(truth)
+    head = comp.head is not None
+    grid = []
+    for lik in ((0.0, 0.25, 0.5, 1.0, 2.0, 4.0) if head else (1.0,)):
+        for mi in ((0.0, 0.25, 0.5, 0.75) if lik else (0.0,)):
+            w = R.RankWeights(head=1.0 if head else 0.0, likelihood=lik, mi=mi)
+            hits = float((R.combine(comp, w, prior).view(len(examples), k).argmax(1) == truth_t).float().mean())
+            grid.append({**w.as_dict(), "hits_at_1": hits})
+    best = max(grid, key=lambda g: g["hits_at_1"])  # the first of equals: the simpler score
+    weights = R.RankWeights.from_dict(best)
+    base = default_decoding(ck)
+    sub = examples[:f1_examples]
+    refs = list(ds["response"])[: len(sub)]
+    f1 = {}
+    for n in candidate_counts:
+        gen = GenerationConfig.from_dict({**base.__dict__, "strategy": "sample", "num_candidates": n})
+        best_ids = [c[0]["ids"] for c in R.sample_and_rank(model, [e.src for e in sub], gen, weights,
+                                                            make_generator(seed))]
+        f1[n] = M.dialogue_scores([ck.tokenizer.decode(r) for r in best_ids], refs)["f1"]
+    n_best = max(candidate_counts, key=lambda n: (round(f1[n], 4), -n))  # equal F1: fewer candidates
+    return {"decoding": {"num_candidates": n_best, "ranking": weights.as_dict()},
+            "tuned_on": {"corpus": corpus, "split": split, "rows": len(examples), "f1_rows": len(sub),
+                         "seed": seed},
+            "grid": grid, "f1": {str(n): v for n, v in f1.items()}}
 
 
 EVALUATORS = {"lm": eval_lm, "sentiment": eval_sentiment, "chat": eval_chat}
@@ -189,7 +335,7 @@ def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int
         raise ValueError(f"{corpus} is a {task_of(dd)} corpus; the checkpoint is a {ck.task} model")
     if split not in dd:
         raise ValueError(f"{corpus} has no split {split!r} (it has {list(dd)})")
-    gen = gen or GenerationConfig(strategy="sample", temperature=0.8, top_p=0.9, max_new_tokens=40)
+    gen = gen or default_decoding(ck)
     metrics, baselines = EVALUATORS[ck.task](ck, dd, split, max_examples, gen=gen, seed=seed)
     result = {"task": ck.task, "corpus": corpus, "split": split, "checkpoint": str(ck.path),
               "metrics": metrics, "baselines": baselines, "max_examples": max_examples or None}

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from nlp.checkpoint import Checkpoint
 from nlp.data import pad
 from nlp.decoding import GenerationConfig, GenerationError, beam_search, decode_text, sample_tokens, stream_text
-from nlp.tokenizer import EOS
+from nlp.ranking import RankWeights, sample_and_rank
+from nlp.tokenizer import BOS, EOS
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
 
@@ -50,6 +51,7 @@ class Reply:
     reply_tokens: list[str] = field(default_factory=list)
     attention: list[list[float]] = field(default_factory=list)  # one row per reply token
     text: str = ""
+    candidates: list[dict] = field(default_factory=list)  # sample-and-rank: {"text", "score", ...}, best first
 
 
 def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
@@ -74,6 +76,16 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
             reply.reply_tokens = ck.tokenizer.pieces(best)
             yield reply.text
             return
+        if cfg.strategy == "sample" and cfg.num_candidates > 1:  # sample-and-rank: the best comes at once
+            ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator)[0]
+            reply.candidates = [{"text": decode_text(ck.tokenizer, c["ids"]),
+                                 **{k: v for k, v in c.items() if k != "ids"}} for c in ranked]
+            best = ranked[0]["ids"]
+            reply.text = decode_text(ck.tokenizer, best)
+            reply.reply_tokens = ck.tokenizer.pieces(best)
+            reply.attention = [[round(float(w), 4) for w in row] for row in reply_attention(ck.model, ids, best)]
+            yield reply.text
+            return
         out_ids: list[int] = []
 
         def tokens() -> Iterator[int]:
@@ -88,6 +100,37 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
 
     reply.stream = run()
     return reply
+
+
+def ranking_weights(ck: Checkpoint) -> RankWeights:
+    """The checkpoint's ranking weights (chosen on validation by `tune-chat`); likelihood alone without them."""
+    return RankWeights.from_dict(ck.config.get("decoding", {}).get("ranking"))
+
+
+# What the app and the CLI start from; a checkpoint's config.json may say better (its "decoding" entry,
+# chosen on validation by `python -m nlp tune-chat`).
+DEFAULT_DECODING = {
+    "chat": {"strategy": "sample", "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1,
+             "no_repeat_ngram_size": 3, "max_new_tokens": 40},
+    "lm": {"strategy": "sample", "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1,
+           "no_repeat_ngram_size": 3, "max_new_tokens": 80},
+}
+
+
+def default_decoding(ck: Checkpoint) -> GenerationConfig:
+    """The decoding the app and the CLI use for this checkpoint unless told otherwise."""
+    stored = ck.config.get("decoding", {})
+    stored = {k: v for k, v in stored.items() if k != "ranking"} if isinstance(stored, dict) else {}
+    return GenerationConfig.from_dict({**DEFAULT_DECODING.get(ck.task, {}), **stored})
+
+
+@torch.no_grad()
+def reply_attention(model, context_ids: list[int], reply_ids: list[int]) -> list[list[float]]:
+    """Where the decoder looked (one row over the context per reply token) while reading `reply_ids`."""
+    device = next(model.parameters()).device
+    state = model.encode(torch.tensor([context_ids], device=device), torch.tensor([len(context_ids)]))
+    weights = model.decode(state, torch.tensor([[BOS, *reply_ids]], device=device))[1][0]
+    return weights[: len(reply_ids)].cpu().tolist()
 
 
 @dataclass

@@ -97,8 +97,29 @@ def test_every_option_has_help():
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             parsers += list(action.choices.values())
-    assert len(parsers) == 8
+    assert len(parsers) == 9
     for parser in parsers:
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help and len(action.help) > 5, (parser.prog, action.option_strings)
+
+
+def test_decoding_flags_left_out_take_the_checkpoints_default(trained):
+    from nlp.__main__ import build_parser, generation_config
+    from nlp.checkpoint import load_checkpoint
+    from nlp.serve import default_decoding
+
+    ck = load_checkpoint(trained["chat"])
+    base = ["chat", "--checkpoint", str(trained["chat"])]
+    assert generation_config(build_parser().parse_args(base), ck) == default_decoding(ck)
+    given = generation_config(build_parser().parse_args([*base, "--temperature", "0.5", "--num-candidates", "4"]), ck)
+    assert (given.temperature, given.num_candidates) == (0.5, 4)
+    assert given.repetition_penalty == default_decoding(ck).repetition_penalty
+
+
+def test_chat_with_sample_and_rank(trained, monkeypatch, capsys):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nhow are you?\n"))
+    assert main(["chat", "--checkpoint", str(trained["chat"]), "--seed", "1", "--max-new-tokens", "8",
+                 "--num-candidates", "4"]) == 0
+    assert capsys.readouterr().out.count("bot> ") == 2

@@ -79,6 +79,37 @@ def test_chat_reply_has_an_attention_map(checkpoints):
     assert any(e.label == "Attention map" for e in at.expander)
 
 
+def test_sample_and_rank_lists_the_candidates_under_the_reply(checkpoints):
+    at = page("chat.py").run()
+    at.slider(key="chat-candidates").set_value(6).run()
+    at.text_input(key="chat-seed").set_value("3").run()
+    say(at, "what do you do for fun?")
+    reply = at.session_state.chat[-1]
+    assert reply["content"] == reply["candidates"][0]["text"] and 1 <= len(reply["candidates"]) <= 6
+    scores = [c["score"] for c in reply["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+    assert any(e.label.startswith("Candidates") for e in at.expander)
+    assert len(reply["attention"]) == len(reply["reply_tokens"])
+
+
+def test_the_sliders_start_from_the_checkpoints_default_decoding(checkpoints, tmp_path, monkeypatch):
+    """A chat checkpoint whose config.json names a default decoding (what `tune-chat --write` stores) opens
+    the page with it, so the app, the CLI and `eval` decode alike."""
+    import shutil
+
+    from nlp.checkpoint import update_config
+
+    own = tmp_path / "own"
+    shutil.copytree(checkpoints / "chat", own / "chat")
+    update_config(own / "chat", decoding={"num_candidates": 5, "temperature": 0.7,
+                                          "ranking": {"head": 1.0, "likelihood": 0.5, "mi": 0.25}})
+    for task in ("lm", "sentiment"):
+        (own / task).symlink_to(checkpoints / task)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+    at = page("chat.py").run()
+    assert at.slider(key="chat-candidates").value == 5 and at.slider(key="chat-temperature").value == 0.7
+
+
 @pytest.mark.parametrize("text", HOSTILE, ids=HOSTILE_IDS)
 def test_hostile_chat_input_gets_a_message_or_plain_text(checkpoints, text):
     at = say(page("chat.py").run(), text)

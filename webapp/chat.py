@@ -10,7 +10,7 @@ from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain
 
 st.title("Chat")
 ck = model_or_stop("chat")
-cfg, seed = decoding_controls("chat", default_strategy="sample")
+cfg, seed = decoding_controls("chat", ck)
 turns = ck.config.get("train", {}).get("context_turns", 3)
 st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and movie dialogue. It sees the last "
            f"{turns} turns of the conversation. Messages up to {MAX_MESSAGE_CHARS:,} characters.")
@@ -30,14 +30,33 @@ def attention_chart(reply: dict):
         tooltip=["reply token", "context token", alt.Tooltip("weight:Q", format=".3f")])
 
 
+def candidates_table(message: dict):
+    """The sampled candidates with their scores, the shown reply first."""
+    rows = [{"reply": c["text"], "score": round(c["score"], 3), "mean log p(reply | context)": round(c["loglik"], 3),
+             **({"next-reply head": round(c["head"], 3)} if c.get("head") is not None else {}),
+             **({"mean log p(reply)": round(c["prior"], 3)} if c.get("prior") is not None else {})}
+            for c in message["candidates"]]
+    with st.expander(f"Candidates ({len(rows)} distinct of those sampled, best first)"):
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption("score = the ranking the model was tuned to on validation data: its next-reply head, plus "
+                   "the reply's likelihood given the conversation minus a share of its likelihood without it "
+                   "(so replies that fit any conversation lose their edge).")
+
+
+def details(message: dict):
+    if message.get("candidates"):
+        candidates_table(message)
+    if message.get("attention"):
+        with st.expander("Attention map"):
+            st.altair_chart(attention_chart(message), width="stretch")
+
+
 def show(message: dict):
     with st.chat_message(message["role"]):
         st.markdown(plain(message["content"]))
         for note in message.get("notes", []):
             st.caption(note)
-        if message.get("attention"):
-            with st.expander("Attention map"):
-                st.altair_chart(attention_chart(message), width="stretch")
+        details(message)
 
 
 for message in st.session_state.chat:
@@ -78,8 +97,6 @@ if prompt is not None:
                 st.caption(note)
             message = {"role": "assistant", "content": reply.text, "notes": notes,
                        "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
-                       "attention": reply.attention}
-            if reply.attention:
-                with st.expander("Attention map"):
-                    st.altair_chart(attention_chart(message), width="stretch")
+                       "attention": reply.attention, "candidates": reply.candidates}
+            details(message)
         st.session_state.chat.append(message)

@@ -8,7 +8,7 @@ from ui import MAX_PROMPT_CHARS, MAX_SAMPLES, decoding_controls, model_or_stop, 
 
 st.title("Generate")
 ck = model_or_stop("lm")
-cfg, seed = decoding_controls("generate", default_strategy="sample")
+cfg, seed = decoding_controls("generate", ck)
 st.caption("A 2-layer LSTM language model trained on WikiText-2 (Wikipedia articles, tokenized with spaces "
            f"around punctuation and <unk> for rare words). Prompts up to {MAX_PROMPT_CHARS:,} characters.")
 

@@ -11,6 +11,8 @@ st.title("Models")
 st.caption("Every number here comes from the files in the checkpoint folder: its training log and the "
            "metrics.json that `python -m nlp eval` wrote.")
 
+CONTEXT_CURVES = {"val_context_gain": "context gain (nats a token)",
+                  "val_rank_accuracy": "next-reply accuracy (in a batch)"}
 NAMES = {"chat": "Chat (encoder-decoder with attention)", "lm": "Language model", "sentiment": "Sentiment classifier"}
 for task, title in NAMES.items():
     st.header(title)
@@ -39,6 +41,18 @@ for task, title in NAMES.items():
                    + (f", label smoothing {smoothing:g} added" if smoothing else "") + "); val loss: the validation "
                    "split in evaluation mode, so train loss can sit above it. Lines logged by code older than "
                    "commit 44834f8 hold running means since the process started instead.")
+    if isinstance(ck.config.get("decoding"), dict):
+        with st.expander("Default decoding (chosen on validation data)"):
+            st.json(ck.config["decoding"])
+    reading = [{"step": r["step"], "value": r[key], "measure": label} for r in read_train_log(path)
+               for key, label in CONTEXT_CURVES.items() if key in r and "step" in r]
+    if reading:
+        st.altair_chart(alt.Chart(pd.DataFrame(reading)).mark_line(point=True).encode(
+            x="step:Q", y="value:Q", color="measure:N"), width="stretch")
+        st.caption("Does the model read the conversation? Context gain: how much worse (in nats a token) it "
+                   "predicts the validation replies after another conversation's context than after their own. "
+                   "Next-reply accuracy: how often its next-reply head picks the true reply among those of a "
+                   "validation batch.")
     if ck.metrics:
         for name, result in ck.metrics.items():
             if not isinstance(result, dict) or "metrics" not in result:

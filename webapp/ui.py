@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # `streamlit run webapp/app.py` puts webapp/, not
 
 from nlp.checkpoint import Checkpoint, CheckpointError, load_checkpoint  # noqa: E402
 from nlp.decoding import GenerationConfig, GenerationError  # noqa: E402
+from nlp.serve import default_decoding  # noqa: E402
 
 
 def checkpoints_dir() -> Path:
@@ -66,29 +67,36 @@ def plain(text: str) -> str:
     return _PUNCT.sub(r"\\\1", text).replace("\n", "  \n")
 
 
-def decoding_controls(key: str, default_strategy: str = "sample") -> tuple[GenerationConfig, int | None]:
-    """Sidebar controls for decoding; returns the config and the seed (None = random)."""
+def decoding_controls(key: str, ck: Checkpoint) -> tuple[GenerationConfig, int | None]:
+    """Sidebar controls for decoding, starting from the checkpoint's default decoding (the CLI's and `eval`'s
+    too); returns the config and the seed (None = random)."""
+    d = default_decoding(ck)
     sb = st.sidebar
     sb.subheader("Decoding")
     strategies = ["sample", "greedy", "beam"]
-    strategy = sb.radio("Strategy", strategies, index=strategies.index(default_strategy), key=f"{key}-strategy",
+    strategy = sb.radio("Strategy", strategies, index=strategies.index(d.strategy), key=f"{key}-strategy",
                         horizontal=True,
                         help="sample: draw each token at random from the filtered distribution; greedy: always "
                              "the most likely token; beam: search several continuations and keep the best")
-    temperature = sb.slider("Temperature (lower = more predictable, higher = more surprising)", 0.0, 2.0, 0.8,
-                            0.05, key=f"{key}-temperature", help="0 behaves like greedy decoding")
-    top_k = sb.slider("Top-k (0 = off)", 0, 200, 0, key=f"{key}-top-k",
+    candidates = 1
+    if ck.task == "chat":
+        candidates = sb.slider("Candidates (sample-and-rank)", 1, 32, d.num_candidates, key=f"{key}-candidates",
+                               help="sample this many replies at once and show the one the model ranks best "
+                                    "(1 = plain sampling); the list is under each reply")
+    temperature = sb.slider("Temperature (lower = more predictable, higher = more surprising)", 0.0, 2.0,
+                            d.temperature, 0.05, key=f"{key}-temperature", help="0 behaves like greedy decoding")
+    top_k = sb.slider("Top-k (0 = off)", 0, 200, d.top_k, key=f"{key}-top-k",
                       help="sample only among the k most likely tokens")
-    top_p = sb.slider("Top-p (nucleus)", 0.05, 1.0, 0.9, 0.05, key=f"{key}-top-p",
+    top_p = sb.slider("Top-p (nucleus)", 0.05, 1.0, d.top_p, 0.05, key=f"{key}-top-p",
                       help="sample among the most likely tokens that together reach this probability")
-    min_p = sb.slider("Min-p (0 = off)", 0.0, 0.5, 0.0, 0.01, key=f"{key}-min-p",
+    min_p = sb.slider("Min-p (0 = off)", 0.0, 0.5, d.min_p, 0.01, key=f"{key}-min-p",
                       help="drop tokens less likely than this fraction of the most likely one")
-    repetition = sb.slider("Repetition penalty (1 = off)", 1.0, 2.0, 1.1, 0.05, key=f"{key}-rep",
+    repetition = sb.slider("Repetition penalty (1 = off)", 1.0, 2.0, d.repetition_penalty, 0.05, key=f"{key}-rep",
                            help="divides the probability of tokens already in the text")
-    no_repeat = sb.slider("No-repeat n-gram size (0 = off)", 0, 6, 3, key=f"{key}-ngram",
+    no_repeat = sb.slider("No-repeat n-gram size (0 = off)", 0, 6, d.no_repeat_ngram_size, key=f"{key}-ngram",
                           help="never repeat a sequence of this many tokens")
-    beams = sb.slider("Beams", 1, 8, 4, key=f"{key}-beams", help="for the beam strategy")
-    max_new = sb.slider("Max new tokens", 1, 200, 40 if key == "chat" else 80, key=f"{key}-max")
+    beams = sb.slider("Beams", 1, 8, d.num_beams, key=f"{key}-beams", help="for the beam strategy")
+    max_new = sb.slider("Max new tokens", 1, 200, d.max_new_tokens, key=f"{key}-max")
     seed_text = sb.text_input("Seed (blank = random)", "", key=f"{key}-seed",
                               help="the same seed and settings give the same sampled text")
     seed = None
@@ -100,7 +108,7 @@ def decoding_controls(key: str, default_strategy: str = "sample") -> tuple[Gener
     try:
         cfg = GenerationConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                repetition_penalty=repetition, no_repeat_ngram_size=no_repeat, num_beams=beams,
-                               max_new_tokens=max_new)
+                               max_new_tokens=max_new, num_candidates=candidates)
     except GenerationError as e:
         sb.error(str(e))
         st.stop()

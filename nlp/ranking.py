@@ -1,0 +1,148 @@
+"""Choosing a chat reply among candidates: the score that sample-and-rank, the app and `eval`'s Hits@1 share.
+
+    score(context, reply) = head * s_head(context, reply)
+                          + likelihood * [ mean log p(reply | context) - mi * mean log p(reply | empty context) ]
+
+  s_head      the next-reply head: a learned scale times the cosine of the context and reply vectors
+              (trained against in-batch distractors; TransferTransfo, Wolf et al. 2019)
+  likelihood  the decoder's mean log-probability per reply token (EOS included), so long replies are not
+              punished for their length
+  mi          the mutual-information penalty of Li et al. 2016, log p(r|c) - lambda log p(r): generic replies
+              ("I don't know") are likely under any context and lose their advantage. p(r) is the same model
+              given an empty context (a lone <sep>), which it learns when trained with empty_context_rate > 0.
+The weights are chosen on validation (`python -m nlp tune-chat`) and stored in the checkpoint's config.json
+under "decoding", beside the number of sampled candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from nlp.data import pad
+from nlp.tokenizer import BOS, EOS, PAD, SEP
+
+EMPTY_CONTEXT = [SEP]  # what the model sees as "no context" (see TrainConfig.empty_context_rate)
+
+
+@dataclass
+class RankWeights:
+    head: float = 0.0
+    likelihood: float = 1.0
+    mi: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> RankWeights:
+        d = d or {}
+        return cls(**{k: float(d[k]) for k in ("head", "likelihood", "mi") if isinstance(d.get(k), (int, float))})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Components:
+    """Per candidate (a flat tensor over all candidates of all contexts, in order)."""
+    loglik: Tensor          # mean log p(reply | context) per token
+    head: Tensor | None     # next-reply head score (None when the model has no head)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def components(model, contexts: list[list[int]], candidates: list[list[list[int]]], batch_rows: int = 256) \
+        -> Components:
+    """Score each context's candidates: contexts (C lists of ids), candidates[c] (a list of replies, ids without
+    BOS/EOS). Each context is encoded once and its state repeated for its candidates."""
+    model.eval()
+    dev = _device(model)
+    logliks, heads = [], []
+    start = 0
+    while start < len(contexts):  # groups of contexts whose candidates fill about batch_rows rows
+        end, rows = start, 0
+        while end < len(contexts) and (rows == 0 or rows + len(candidates[end]) <= batch_rows):
+            rows += len(candidates[end])
+            end += 1
+        ctx = [c or EMPTY_CONTEXT for c in contexts[start:end]]
+        cands = [r for group in candidates[start:end] for r in group]
+        src, src_len = pad(ctx)
+        state = model.encode(src.to(dev), src_len)
+        owner = torch.tensor([i for i, g in enumerate(candidates[start:end]) for _ in g], device=dev)
+        expanded = {k: v.index_select(0, owner) for k, v in state.items()}
+        tgt_in, _ = pad([[BOS] + r for r in cands])
+        tgt_out, _ = pad([r + [EOS] for r in cands])
+        tgt_in, tgt_out = tgt_in.to(dev), tgt_out.to(dev)
+        logp = torch.log_softmax(model.decode(expanded, tgt_in)[0].float(), -1)
+        tok = logp.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1).masked_fill(tgt_out == PAD, 0.0)
+        logliks.append(tok.sum(1) / (tgt_out != PAD).sum(1))
+        if getattr(model.config, "rank_dim", 0):
+            reply, reply_len = pad([r or [EOS] for r in cands])
+            ctx_vec = model.context_vectors(state["pooled"]).index_select(0, owner)
+            rep_vec = model.reply_vectors(reply.to(dev), reply_len)
+            heads.append(model.head_scale() * (ctx_vec * rep_vec).sum(-1))
+        start = end
+    return Components(torch.cat(logliks).cpu(), torch.cat(heads).cpu() if heads else None)
+
+
+@torch.no_grad()
+def prior_loglik(model, replies: list[list[int]], batch_rows: int = 256) -> Tensor:
+    """mean log p(reply | empty context) per token, for the mutual-information term."""
+    out = []
+    for start in range(0, len(replies), batch_rows):
+        chunk = replies[start:start + batch_rows]
+        out.append(components(model, [EMPTY_CONTEXT], [chunk], batch_rows=len(chunk)).loglik)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def combine(comp: Components, weights: RankWeights, prior: Tensor | None = None) -> Tensor:
+    """The ranking score of each candidate (higher is better)."""
+    score = weights.likelihood * comp.loglik
+    if weights.mi and prior is not None:
+        score = score - weights.likelihood * weights.mi * prior
+    if weights.head and comp.head is not None:
+        score = score + weights.head * comp.head
+    return score
+
+
+def needs_prior(weights: RankWeights) -> bool:
+    return bool(weights.mi and weights.likelihood)
+
+
+@torch.no_grad()
+def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, generator=None) \
+        -> list[list[dict]]:
+    """Sample-and-rank (Adiwardana et al. 2020): cfg.num_candidates replies sampled for each prompt in one
+    batch, scored by `combine`; returns, per prompt, its distinct candidates best first, each
+    {"ids", "score", "loglik", "head", "prior"}."""
+    from nlp.decoding import sample_batch
+
+    n = max(1, cfg.num_candidates)
+    per_batch = max(1, 256 // n)
+    out: list[list[dict]] = []
+    for start in range(0, len(prompts), per_batch):
+        chunk = prompts[start:start + per_batch]
+        sampled = sample_batch(model, [p for p in chunk for _ in range(n)], cfg, generator)
+        groups = []
+        for i in range(len(chunk)):
+            seen: dict[tuple, list[int]] = {}
+            for r in sampled[i * n:(i + 1) * n]:
+                seen.setdefault(tuple(r), r)
+            groups.append(list(seen.values()))
+        comp = components(model, chunk, groups)
+        flat = [r for g in groups for r in g]
+        prior = prior_loglik(model, flat) if needs_prior(weights) else None
+        scores = combine(comp, weights, prior)
+        k = 0
+        for g in groups:
+            cands = []
+            for r in g:
+                cands.append({"ids": r, "score": float(scores[k]), "loglik": float(comp.loglik[k]),
+                              "head": None if comp.head is None else float(comp.head[k]),
+                              "prior": None if prior is None else float(prior[k])})
+                k += 1
+            out.append(sorted(cands, key=lambda c: -c["score"]))
+    return out

@@ -1,0 +1,213 @@
+"""The chat model that reads its context: the exact unpacked encoder, the next-reply head and its loss, the
+ranking score shared by sample-and-rank and Hits@1, the context-gain measure, and tuning on validation."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from nlp import ranking as R
+from nlp.checkpoint import load_checkpoint
+from nlp.config import resolve_config
+from nlp.data import ChatExample, collate_chat
+from nlp.decoding import GenerationConfig, make_generator
+from nlp.evaluate import derangement, evaluate, ranking_candidates, tune_chat
+from nlp.models import Seq2Seq, Seq2SeqConfig, make_rnn, run_bidirectional_unpacked, run_rnn
+from nlp.serve import chat_reply, default_decoding
+from nlp.train import Trainer
+from tests.conftest import CHAT, TINY
+
+V = 50
+
+
+def s2s(**kw) -> Seq2Seq:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, emb_dim=8, enc_hidden=6, enc_layers=2, dec_hidden=10, dec_layers=2, dropout=0.0,
+               bridge="pool", rank_dim=5)
+    return Seq2Seq(Seq2SeqConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_unpacked_bidirectional_encoder_equals_the_packed_one_at_every_real_position(layers):
+    torch.manual_seed(0)
+    rnn = make_rnn("lstm", "fused", 8, 6, layers, 0.0, bidirectional=True)
+    x = torch.randn(5, 9, 8, requires_grad=True)
+    lengths = torch.tensor([9, 3, 5, 1, 7])
+    real = (torch.arange(9)[None] < lengths[:, None]).unsqueeze(-1)
+    packed, _ = run_rnn(rnn, x, lengths)
+    unpacked = run_bidirectional_unpacked(rnn, x, lengths)
+    torch.testing.assert_close(unpacked * real, packed * real)
+    # and so are the gradients that flow back from the real positions
+    g_packed = torch.autograd.grad((packed * real).sum(), x)[0]
+    g_unpacked = torch.autograd.grad((unpacked * real).sum(), x)[0]
+    torch.testing.assert_close(g_unpacked, g_packed)
+
+
+def test_pool_bridge_does_not_read_padding():
+    """With bridge = "pool" the decoder's start and the head's context vector ignore what follows a row's end."""
+    m = s2s()
+    src = torch.tensor([[5, 6, 7, 0, 0]])
+    longer = torch.tensor([[5, 6, 7, 9, 9]])  # the same row, with other tokens where the padding was
+    a, b = m.encode(src, torch.tensor([3])), m.encode(longer, torch.tensor([3]))
+    for k in ("h", "c", "pooled"):
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_next_reply_head_scores_every_context_against_every_reply():
+    m = s2s()
+    ex = [ChatExample([5, 6, 7], [8, 9]), ChatExample([10, 11], [12, 13, 14]), ChatExample([15], [16])]
+    b = collate_chat(ex)
+    logits, attn, scores = m(b["src"], b["src_len"], b["tgt_in"], b["reply"], b["reply_len"])
+    assert scores.shape == (3, 3) and logits.shape[:2] == b["tgt_in"].shape
+    # the diagonal is each context with its own reply, as ranking.components scores it
+    comp = R.components(m, [e.src for e in ex], [[e.tgt] for e in ex])
+    torch.testing.assert_close(comp.head, scores.diagonal().detach())
+
+
+def test_components_loglik_is_the_mean_token_log_probability(tmp_path):
+    m = s2s()
+    context, replies = [5, 6, 7, 8], [[9, 10], [11], [12, 13, 14]]
+    comp = R.components(m, [context], [replies])
+    for r, got in zip(replies, comp.loglik):
+        b = collate_chat([ChatExample(context, r)])
+        with torch.no_grad():
+            loss, n = m.loss(b["src"], b["src_len"], b["tgt_in"], b["tgt_out"])
+        assert float(got) == pytest.approx(-loss.item() / int(n), abs=1e-5)
+
+
+def test_combine_weights_each_component():
+    comp = R.Components(loglik=torch.tensor([-1.0, -2.0]), head=torch.tensor([0.0, 3.0]))
+    prior = torch.tensor([-0.5, -4.0])
+    assert R.combine(comp, R.RankWeights(head=0, likelihood=1, mi=0), prior).argmax() == 0
+    assert R.combine(comp, R.RankWeights(head=1, likelihood=1, mi=0), prior).argmax() == 1
+    # MI: reply 0 is likely anywhere (prior -0.5), reply 1 only here: log p(r|c) - 1 * log p(r) prefers 1
+    torch.testing.assert_close(R.combine(comp, R.RankWeights(head=0, likelihood=1, mi=1), prior),
+                               torch.tensor([-0.5, 2.0]))
+
+
+def test_derangement_and_candidates_are_seeded_and_never_pick_the_row_itself():
+    perm = derangement(50, random.Random(3))
+    assert sorted(perm) == list(range(50)) and all(p != i for i, p in enumerate(perm))
+    assert perm == derangement(50, random.Random(3))
+    cands, truth = ranking_candidates(30, 20, random.Random(1))
+    for i, (idx, t) in enumerate(zip(cands, truth)):
+        assert len(set(idx)) == 20 and idx[t] == i and idx.count(i) == 1
+    assert len(set(truth)) > 1  # the true reply is not always in the same place
+
+
+def test_training_with_the_head_lowers_the_next_reply_loss(tmp_path, tokenizer):
+    argv = ["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path), "--no-amp",
+            "--log-every", "5", *TINY["chat"], "--epochs", "3", "--eval-batches", "2", "--eval-batch-size", "8"]
+    trainer = Trainer(resolve_config([*argv, "--out", str(tmp_path / "a")]))
+    trainer.val_data = trainer.train_data[:64]  # does it learn (the fixture is too small to generalise)?
+    before = trainer.evaluate()
+    trainer.fit()
+    after = trainer.evaluate()
+    for r in (before, after):
+        assert {"val_loss", "val_context_gain", "val_rank_accuracy", "val_rank_loss"} <= set(r)
+    assert after["val_rank_loss"] < before["val_rank_loss"]
+    assert after["val_loss"] < before["val_loss"]
+
+
+def test_rank_loss_treats_a_repeated_reply_as_no_distractor(tmp_path, tokenizer):
+    trainer = Trainer(resolve_config(["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path),
+                                      "--out", str(tmp_path / "t"), "--no-amp", *TINY["chat"]]))
+    trainer.model.eval()
+    same = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [40, 41])])
+    other = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [42, 43])])
+    _, _, _, extra = trainer.chat_loss(trainer.model, same, 0.0, train=False)
+    assert extra["rank_loss"] == pytest.approx(0.0, abs=1e-5)  # each context's only candidate is its own reply
+    _, _, _, extra = trainer.chat_loss(trainer.model, other, 0.0, train=False)
+    assert extra["rank_loss"] > 0
+
+
+def test_empty_context_rate_trains_some_rows_without_their_context(tmp_path, tokenizer, monkeypatch):
+    trainer = Trainer(resolve_config(["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path),
+                                      "--out", str(tmp_path / "t"), "--no-amp", *TINY["chat"],
+                                      "--empty-context-rate", "1.0"]))
+    seen = {}
+
+    def spy(src, src_len, *rest):
+        seen["src"], seen["len"] = src.clone(), src_len.clone()
+        return real(src, src_len, *rest)
+    real = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    batch = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [42])])
+    trainer.chat_loss(trainer.model, batch, 0.0, train=True)
+    assert seen["len"].tolist() == [1, 1] and seen["src"][:, 0].tolist() == R.EMPTY_CONTEXT * 2
+    assert (seen["src"][:, 1:] == 0).all()
+
+
+def test_init_from_a_language_model_starts_the_decoder(tmp_path, tokenizer, trained):
+    lm = load_checkpoint(trained["lm"]).model  # the tiny LM: emb and hidden 32
+    cfg = resolve_config(["--task", "chat", "--corpus", str(CHAT), "--out", str(tmp_path / "c"), "--tokenizer",
+                          str(tokenizer.path), "--init-from", str(trained["lm"]), "--model.emb_dim", "32",
+                          "--model.dec_hidden", "32", "--model.dec_layers", str(lm.config.num_layers),
+                          "--model.enc_hidden", "16", "--model.enc_layers", "1"])
+    m = Trainer(cfg).model
+    torch.testing.assert_close(m.embed.weight, lm.embed.weight)
+    torch.testing.assert_close(m.decoder.weight_hh_l0, lm.rnn.weight_hh_l0)
+    torch.testing.assert_close(m.decoder.bias_ih_l0, lm.rnn.bias_ih_l0)  # not renamed to out.bias_ih_l0
+    torch.testing.assert_close(m.out.bias, lm.decoder.bias)
+
+
+def test_eval_reports_hits_at_1_context_gain_and_the_tfidf_ranking(trained):
+    ck = load_checkpoint(trained["chat"])
+    result = evaluate(ck, str(CHAT), "test", max_examples=30)
+    m, b = result["metrics"], result["baselines"]
+    assert 0 <= m["hits_at_1"] <= 1 and m["hits_at_1_chance"] == pytest.approx(1 / m["hits_at_1_candidates"])
+    assert 0 <= b["tfidf_ranking"]["hits_at_1"] <= 1
+    assert isinstance(m["context_gain"], float)
+    # eval without a decoding uses the checkpoint's default, the app's
+    assert result["decoding"]["max_new_tokens"] == default_decoding(ck).max_new_tokens
+
+
+def test_sample_and_rank_returns_distinct_candidates_best_first(trained):
+    ck = load_checkpoint(trained["chat"])
+    prompt = ck.tokenizer.encode_turns(["hi, how are you?"], 96)
+    cfg = GenerationConfig(num_candidates=8, max_new_tokens=8, temperature=1.0)
+    weights = R.RankWeights(head=1, likelihood=1, mi=0.5)
+    ranked = R.sample_and_rank(ck.model, [prompt, prompt], cfg, weights, make_generator(0))
+    assert len(ranked) == 2
+    for cands in ranked:
+        scores = [c["score"] for c in cands]
+        assert scores == sorted(scores, reverse=True) and 1 <= len(cands) <= 8
+        assert len({tuple(c["ids"]) for c in cands}) == len(cands)
+        for c in cands:
+            assert c["score"] == pytest.approx(c["head"] + c["loglik"] - 0.5 * c["prior"], abs=1e-4)
+    again = R.sample_and_rank(ck.model, [prompt, prompt], cfg, weights, make_generator(0))
+    assert [c["ids"] for c in again[0]] == [c["ids"] for c in ranked[0]]
+
+
+def test_chat_reply_with_candidates_lists_them_and_maps_attention(trained):
+    ck = load_checkpoint(trained["chat"])
+    reply = chat_reply(ck, ["hello", "hi, how are you?"], GenerationConfig(num_candidates=6, max_new_tokens=8),
+                       make_generator(1))
+    text = "".join(reply.stream)
+    assert text == reply.text == reply.candidates[0]["text"]
+    assert len(reply.attention) == len(reply.reply_tokens) > 0
+    assert all(abs(sum(row) - 1) < 1e-3 for row in reply.attention)
+
+
+def test_tune_chat_chooses_on_validation_and_the_choice_becomes_the_default(trained, tmp_path, capsys):
+    import shutil
+
+    from nlp.__main__ import main
+
+    folder = tmp_path / "chat"
+    shutil.copytree(trained["chat"], folder)
+    ck = load_checkpoint(folder)
+    with pytest.raises(ValueError, match="test split"):
+        tune_chat(ck, str(CHAT), "test")
+    assert main(["tune-chat", "--checkpoint", str(folder), "--corpus", str(CHAT), "--max-examples", "25",
+                 "--write"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    grid_best = max(g["hits_at_1"] for g in result["grid"])
+    assert result["decoding"]["ranking"] in [{k: g[k] for k in ("head", "likelihood", "mi")}
+                                             for g in result["grid"] if g["hits_at_1"] == grid_best]
+    tuned = load_checkpoint(folder)  # the weights still load: config.json keeps their hashes
+    assert tuned.config["decoding"]["num_candidates"] == result["decoding"]["num_candidates"]
+    assert default_decoding(tuned).num_candidates == result["decoding"]["num_candidates"]
+    out = evaluate(tuned, str(CHAT), "test", max_examples=10)
+    assert out["decoding"]["num_candidates"] == result["decoding"]["num_candidates"]
