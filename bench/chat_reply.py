@@ -1,0 +1,61 @@
+"""How long one chat reply takes at batch 1: the checkpoint's default decoding against plain sampling.
+
+    python bench/chat_reply.py [--checkpoint checkpoints/chat]     # writes bench/results/chat_reply.json
+
+A 3-turn context; the reply to it decoded with the checkpoint's default decoding (sample-and-rank over
+`num_candidates` samples when its config.json says so; issue 11 asks for at most 0.6 s median) and, as the
+baseline in the same run, with plain sampling (one sample, the same other settings). Median over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import machine, save  # noqa: E402  (bench/ is on sys.path when a script runs)
+
+from nlp.checkpoint import load_checkpoint  # noqa: E402
+from nlp.decoding import make_generator  # noqa: E402
+from nlp.serve import chat_reply, default_decoding  # noqa: E402
+
+CONTEXT = ["Hi! How was your weekend?", "Pretty good, I went hiking with my sister. You?",
+           "Nice! I mostly stayed home and cooked. Where did you go hiking?"]
+
+
+def median_reply_ms(ck, cfg, repeats: int) -> tuple[float, int]:
+    times, tokens = [], 0
+    for seed in range(repeats + 2):
+        start = time.perf_counter()
+        reply = chat_reply(ck, CONTEXT, cfg, make_generator(seed))
+        "".join(reply.stream)
+        if seed >= 2:  # the first two warm up
+            times.append((time.perf_counter() - start) * 1000)
+            tokens += len(reply.reply_tokens)
+    times.sort()
+    return times[len(times) // 2], tokens // repeats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parent.parent / "checkpoints" / "chat"))
+    p.add_argument("--repeats", type=int, default=15)
+    a = p.parse_args()
+    ck = load_checkpoint(a.checkpoint)
+    default = default_decoding(ck)
+    plain = dataclasses.replace(default, num_candidates=1)
+    ours, ours_tokens = median_reply_ms(ck, default, a.repeats)
+    base, base_tokens = median_reply_ms(ck, plain, a.repeats)
+    save("chat_reply", {"machine": machine(), "checkpoint": a.checkpoint, "context_turns": len(CONTEXT),
+                        "what": "one chat reply at batch 1 (median over seeds)",
+                        "ms_per_reply": {f"default decoding, {default.num_candidates} candidate(s) (ours)":
+                                         round(ours, 1), "plain sampling, 1 candidate (baseline)": round(base, 1)},
+                        "mean_reply_tokens": {"ours": ours_tokens, "baseline": base_tokens},
+                        "decoding": dataclasses.asdict(default)})
+
+
+if __name__ == "__main__":
+    main()
