@@ -1,12 +1,16 @@
-"""Uncurated samples for the README: the chat model's first reply to ten everyday prompts and three
-continuations from the language model, with fixed seeds. Prints Markdown; a missing model is reported.
+"""Uncurated samples for the README: the chat model's replies to 20 of the everyday conversations in
+scripts/everyday_chat.jsonl (evenly spaced through the file, so every kind is there) beside the TF-IDF retrieval
+baseline's, and three continuations from the language model; fixed seeds, each model's default decoding
+(the app's). Prints Markdown; a missing model is reported.
 
     python scripts/readme_samples.py > samples.md
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
 import re
 import sys
 from pathlib import Path
@@ -14,16 +18,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nlp.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from nlp.decoding import GenerationConfig, make_generator  # noqa: E402
-from nlp.serve import chat_reply, continue_text  # noqa: E402
+from datasets import concatenate_datasets  # noqa: E402
 
-CHAT_PROMPTS = ["Hi, how are you?", "What did you do this weekend?", "Do you have any pets?",
-                "What is your favourite food?", "I just got back from the gym.", "Do you like movies?",
-                "Where are you from?", "What music do you listen to?", "I'm so tired today.",
-                "Any plans for the holidays?"]
+from nlp.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from nlp.corpora import load_corpus  # noqa: E402
+from nlp.decoding import make_generator  # noqa: E402
+from nlp.evaluate import TfidfRetriever  # noqa: E402
+from nlp.serve import chat_reply, continue_text, default_decoding  # noqa: E402
+
+EVERYDAY = ROOT / "scripts" / "everyday_chat.jsonl"
+SHOWN = 20
 LM_PROMPTS = ["The history of the city", "In 1998 , the band", "The species is found"]
-SAMPLING = dict(strategy="sample", temperature=0.8, top_p=0.9, repetition_penalty=1.1, no_repeat_ngram_size=3)
 
 
 def md(text: str) -> str:
@@ -31,20 +36,30 @@ def md(text: str) -> str:
     return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", html.escape(" ".join(text.split()), quote=False))
 
 
+def everyday(n: int = SHOWN) -> list[list[str]]:
+    rows = [json.loads(line)["context"] for line in EVERYDAY.read_text(encoding="utf-8").splitlines() if line]
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 def main() -> None:
     try:
         chat = load_checkpoint(ROOT / "checkpoints" / "chat")
-        cfg = GenerationConfig(max_new_tokens=40, **SAMPLING)
-        print("| prompt | first reply |\n| --- | --- |")
-        for seed, prompt in enumerate(CHAT_PROMPTS):  # one seed each: a shared seed would correlate the draws
-            reply = chat_reply(chat, [prompt], cfg, make_generator(seed))
-            print(f"| {md(prompt)} | {md(''.join(reply.stream))} |")
+        cfg = default_decoding(chat)
+        contexts = everyday()
+        train = concatenate_datasets([load_corpus(c)["train"].select_columns(["context", "response"])
+                                      for c in chat.config["data"]["corpus"]])
+        retrieved = TfidfRetriever(train).reply(contexts)
+        print("| conversation (the last turn is the user's) | model reply | TF-IDF retrieval baseline |")
+        print("| --- | --- | --- |")
+        for seed, (context, base) in enumerate(zip(contexts, retrieved)):  # a seed each: no correlated draws
+            reply = chat_reply(chat, context, cfg, make_generator(seed))
+            print(f"| {' / '.join(md(t) for t in context)} | {md(''.join(reply.stream))} | {md(base)} |")
     except CheckpointError as e:
         print(f"(chat model not available: {e})")
     print()
     try:
         lm = load_checkpoint(ROOT / "checkpoints" / "lm")
-        cfg = GenerationConfig(max_new_tokens=60, **SAMPLING)
+        cfg = dataclasses.replace(default_decoding(lm), max_new_tokens=60)
         for seed, prompt in enumerate(LM_PROMPTS):
             gen = continue_text(lm, prompt, cfg, make_generator(seed))
             print(f"> **{md(prompt)}** {md(''.join(gen.stream))}\n")
