@@ -59,12 +59,15 @@ def generation_config(a: argparse.Namespace, ck, **extra) -> GenerationConfig:
     return GenerationConfig.from_dict({**default_decoding(ck).__dict__, **given, **extra})
 
 
+TASK_NAMES = {"lm": "language model", "chat": "chat model", "sentiment": "sentiment model"}
+
+
 def load(path: str, task: str, impl: str | None = None):
     from nlp.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path, impl=impl)
     if ck.task != task:
-        raise CheckpointError(f"{path} holds a {ck.task} model, this command needs a {task} model")
+        raise CheckpointError(f"{path} holds a {TASK_NAMES[ck.task]}, this command needs a {TASK_NAMES[task]}")
     return ck
 
 
@@ -151,7 +154,7 @@ def _task_of_checkpoint(path: str) -> str:
 
 def cmd_generate(a) -> int:
     from nlp.decoding import make_generator
-    from nlp.serve import continue_text
+    from nlp.serve import continue_text, readable_stream
 
     ck = load(a.checkpoint, "lm", a.impl)
     prompt = check_text(a.prompt, "prompt")
@@ -159,9 +162,10 @@ def cmd_generate(a) -> int:
     for n in range(a.num_samples):
         if a.num_samples > 1:
             print(f"--- sample {n + 1}")
-        sys.stdout.write(prompt)
         gen = continue_text(ck, prompt, cfg, make_generator(None if a.seed is None else a.seed + n))
-        for piece in gen.stream:
+        if a.raw:
+            sys.stdout.write(prompt)
+        for piece in gen.stream if a.raw else readable_stream(gen.stream, prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -301,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompt", default="", help="text to continue")
             s.add_argument("--num-samples", type=int, default=1, help="how many continuations")
             s.add_argument("--multiline", action="store_true", help="go on past the end of a line")
+            s.add_argument("--raw", action="store_true", help="print the tokens as the model wrote them (WikiText "
+                           "markup such as ' @-@ ' and spaces before punctuation) instead of readable text")
         if name == "sentiment":
             s.add_argument("text", nargs="*", help="texts to classify")
             s.add_argument("--file", help="a UTF-8 text file, one text a line")

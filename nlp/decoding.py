@@ -51,6 +51,8 @@ class GenerationConfig:
     num_return_sequences: int = 1     # n-best for beam search
     stop_at_eos: bool = True          # the LM's end of line; when False it becomes a newline
     num_candidates: int = 1           # chat, sampling: draw this many replies and show the best by the ranking
+    banned_ids: tuple[int, ...] = ()  # never produced (nlp.serve bans WikiText's literal <unk> unless allow_unk)
+    allow_unk: bool = False           # let the LM write WikiText's <unk> marker for rare words
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -75,7 +77,10 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, d: dict) -> GenerationConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        values = {k: v for k, v in d.items() if k in names and v is not None}
+        if "banned_ids" in values:  # a list when read back from JSON
+            values["banned_ids"] = tuple(values["banned_ids"])
+        return cls(**values)
 
 
 def make_generator(seed: int | None = None, device: str | torch.device = "cpu") -> torch.Generator:
@@ -100,11 +105,13 @@ def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, ge
     """Minimum length, repetition penalty and n-gram bans on log-probs (K, V), one history per row;
     `generated` tokens are out so far."""
     early = generated < cfg.min_new_tokens
-    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early:
+    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early and not cfg.banned_ids:
         return scores
     scores = scores.clone()
     if early:
         scores[:, EOS] = float("-inf")
+    if cfg.banned_ids:
+        scores[:, list(cfg.banned_ids)] = float("-inf")
     for row, hist in enumerate(histories):
         if cfg.repetition_penalty != 1.0 and hist:
             seen = torch.tensor(sorted(set(hist)), device=scores.device)

@@ -9,6 +9,7 @@ No tensors leave this module, so a page only formats strings and numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from nlp.checkpoint import Checkpoint
 from nlp.data import pad
 from nlp.decoding import GenerationConfig, GenerationError, beam_search, decode_text, sample_tokens, stream_text
 from nlp.ranking import RankWeights, sample_and_rank
-from nlp.tokenizer import BOS, EOS
+from nlp.tokenizer import BOS, EOS, detokenize_wikitext
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
 
@@ -59,6 +60,7 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
     """Reply to the last turn of `history` (oldest first), seeing as many turns as the model was trained on."""
     if not history or not history[-1].strip():
         raise GenerationError("say something first: the message is empty")
+    cfg = with_bans(ck, cfg)
     train = ck.config.get("train", {})
     keep_turns, max_src = train.get("context_turns", 3), train.get("max_src_len", 96)
     used = history[-keep_turns:]
@@ -133,12 +135,36 @@ def reply_attention(model, context_ids: list[int], reply_ids: list[int]) -> list
     return weights[: len(reply_ids)].cpu().tolist()
 
 
+def with_bans(ck: Checkpoint, cfg: GenerationConfig) -> GenerationConfig:
+    """The decoding with WikiText's literal <unk> banned (unless cfg.allow_unk): a rare-word marker in the
+    training text is no word to show a reader."""
+    unk = ck.tokenizer.literal_unk_id
+    if cfg.allow_unk or unk is None or unk in cfg.banned_ids:
+        return cfg
+    return dataclasses.replace(cfg, banned_ids=(*cfg.banned_ids, unk))
+
+
+def readable_stream(pieces: Iterator[str], prompt: str = "") -> Iterator[str]:
+    """detokenize_wikitext(prompt + the streamed text), a line at a time: a line is readable once it is whole
+    (the detokenizer reads each line on its own, and within a line a later word can still move an earlier
+    space, as "did" + " n't" -> "didn't"). Joined, the pieces equal the readable whole text."""
+    raw, done = prompt, 0
+    for piece in pieces:
+        raw += piece
+        end = raw.rfind("\n")
+        if end >= done:
+            yield detokenize_wikitext(raw[done:end + 1])
+            done = end + 1
+    if done < len(raw) or not raw:
+        yield detokenize_wikitext(raw[done:])
+
+
 @dataclass
 class Generation:
     stream: Iterator[str] = iter(())
     tokens: int = 0
     seconds: float = 0.0
-    text: str = ""
+    text: str = ""                    # the continuation as the model wrote it (WikiText markup and all)
 
     @property
     def tokens_per_second(self) -> float:
@@ -149,6 +175,7 @@ def continue_text(ck: Checkpoint, prompt: str, cfg: GenerationConfig,
                   generator: torch.Generator | None = None) -> Generation:
     """Stream the LM's continuation of `prompt`, counting tokens and time for a tokens/s figure."""
     ids = ck.tokenizer.encode(prompt)
+    cfg = with_bans(ck, cfg)
     gen = Generation()
 
     def run() -> Iterator[str]:

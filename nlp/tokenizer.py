@@ -60,8 +60,16 @@ class Tokenizer:
         return self.sp.encode(texts)
 
     def decode(self, ids: Iterable[int]) -> str:
-        # Special ids are dropped from text: bos/eos/pad/sep mark structure, not characters.
-        return self.sp.decode([int(i) for i in ids if int(i) > SEP])
+        """Text of the ids. Special ids are dropped (bos/eos/pad/sep mark structure, not characters), and so
+        are byte-fallback tokens that do not make a whole UTF-8 character (a sampled model can emit those):
+        no U+FFFD replacement character ever reaches a reader."""
+        return self.sp.decode([int(i) for i in ids if int(i) > SEP]).replace("\ufffd", "")
+
+    @property
+    def literal_unk_id(self) -> int | None:
+        """The id of WikiText's literal `<unk>` symbol, or None for a tokenizer without it."""
+        i = self.sp.piece_to_id(LITERAL_UNK)
+        return i if self.sp.id_to_piece(i) == LITERAL_UNK else None
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
@@ -77,7 +85,10 @@ class Tokenizer:
 
         def flush():
             if run:
-                out[len(out) - len(run)] = bytes(run).decode("utf-8", errors="replace")
+                try:
+                    out[len(out) - len(run)] = bytes(run).decode("utf-8")
+                except UnicodeDecodeError:  # not a whole character: show the byte tokens as they are
+                    out[len(out) - len(run):] = [f"<0x{b:02X}>" for b in run]
                 run.clear()
 
         for i in map(int, ids):
@@ -93,6 +104,26 @@ class Tokenizer:
     def encode_turns(self, turns: list[str], max_len: int) -> list[int]:
         """Dialogue context: turns joined by <sep>, oldest first, trimmed from the oldest end to max_len."""
         return join_turns(self.encode_batch(list(turns)), max_len)
+
+
+def detokenize_wikitext(text: str) -> str:
+    """WikiText's tokenized text as ordinary prose, line by line: `@-@`, `@,@` and `@.@` join their neighbours
+    ("3 @,@ 000" -> "3,000"), straight double quotes pair up, and nltk's Treebank detokenizer closes the spaces
+    around punctuation and contractions ("did n't", "it 's", "( the city )", "1850 ,")."""
+    from nltk.tokenize.treebank import TreebankWordDetokenizer
+
+    detok = TreebankWordDetokenizer()
+    lines = []
+    for line in text.split("\n"):
+        for mark, joined in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", ".")):
+            line = line.replace(mark, joined)
+        words, opening = [], True
+        for w in line.split():
+            if w == '"':  # Treebank quotes tell opening from closing
+                w, opening = ("``" if opening else "''"), not opening
+            words.append(w)
+        lines.append(detok.detokenize(words))
+    return "\n".join(lines)
 
 
 def join_turns(turn_ids: list[list[int]], max_len: int) -> list[int]:

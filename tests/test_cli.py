@@ -80,7 +80,7 @@ def test_errors_are_one_line_without_traceback(args, message):
 
 def test_wrong_model_kind_and_hostile_text(trained, capsys, tmp_path):
     assert main(["chat", "--checkpoint", str(trained["lm"])]) == 2
-    assert "holds a lm model" in capsys.readouterr().err
+    assert "holds a language model, this command needs a chat model" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(trained["lm"]), "--prompt", "x" * 30_000]) == 2
     assert "limit is 20,000" in capsys.readouterr().err
     binary = tmp_path / "b.txt"
@@ -123,3 +123,15 @@ def test_chat_with_sample_and_rank(trained, monkeypatch, capsys):
     assert main(["chat", "--checkpoint", str(trained["chat"]), "--seed", "1", "--max-new-tokens", "8",
                  "--num-candidates", "4"]) == 0
     assert capsys.readouterr().out.count("bot> ") == 2
+
+
+def test_generate_prints_readable_text_and_raw_tokens_on_request(trained, capsys):
+    from nlp.tokenizer import detokenize_wikitext
+
+    args = ["generate", "--checkpoint", str(trained["lm"]), "--prompt", "In 1851 , the whale", "--seed", "3",
+            "--max-new-tokens", "20"]
+    assert main([*args, "--raw"]) == 0
+    raw = capsys.readouterr().out
+    assert raw.startswith("In 1851 , the whale")
+    assert main(args) == 0
+    assert capsys.readouterr().out == detokenize_wikitext(raw.rstrip("\n")) + "\n"

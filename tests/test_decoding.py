@@ -182,3 +182,10 @@ def test_bad_settings_are_clear_errors(s2s):
         GenerationConfig(temperature=-1)
     with pytest.raises(GenerationError, match="non-empty"):
         list(sample_tokens(s2s, [], GenerationConfig()))
+
+
+def test_banned_ids_are_never_chosen(lm):
+    favourite = int(lm.decoder.bias.argmax())
+    assert favourite in run(lm, strategy="greedy")
+    for kw in ({"strategy": "greedy"}, {"temperature": 1.5}):
+        assert favourite not in run(lm, banned_ids=(favourite,), **kw)

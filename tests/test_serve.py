@@ -55,3 +55,22 @@ def test_input_checks():
         check_text("x" * 11, "message", limit=10)
     with pytest.raises(GenerationError, match="NUL"):
         check_text("a\x00")
+
+
+def test_the_lm_never_writes_wikitexts_unk_unless_allowed(trained, monkeypatch):
+    """Even a model that would put all its mass on <unk> writes something else by default."""
+    ck = load_checkpoint(trained["lm"])
+    unk = ck.tokenizer.literal_unk_id
+    assert unk is not None
+    real = ck.model.log_probs
+
+    def loves_unk(h):
+        lp = real(h).clone()
+        lp[..., unk] = 0.0  # far above every other token
+        return lp
+    monkeypatch.setattr(ck.model, "log_probs", loves_unk)
+    cfg = GenerationConfig(max_new_tokens=10, temperature=1.0)
+    text = "".join(continue_text(ck, "The sea", cfg, make_generator(0)).stream)
+    assert "<unk>" not in text and text
+    allowed = GenerationConfig(max_new_tokens=10, temperature=1.0, allow_unk=True)
+    assert "<unk>" in "".join(continue_text(ck, "The sea", allowed, make_generator(0)).stream)

@@ -109,3 +109,23 @@ def test_stored_metrics_belong_to_the_shipped_weights(task, corpus, tmp_path, ca
             assert math.isclose(again[name], value, rel_tol=1e-4), (name, again[name], value)
         else:
             assert again[name] == value, name
+
+
+def test_the_generate_page_shows_the_shipped_lm_as_prose(monkeypatch):
+    """Five seeded samples of the README's prompt under the default settings: no <unk>, no WikiText markup."""
+    from streamlit.testing.v1 import AppTest
+
+    webapp = ROOT / "webapp"
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.syspath_prepend(str(webapp))
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(SHIPPED))
+    at = AppTest.from_file(str(webapp / "generate.py"), default_timeout=120).run()
+    at.text_input(key="generate-seed").set_value("0").run()
+    at.number_input[0].set_value(5).run()
+    at.text_area[0].input("The history of the city").run()
+    at.button[0].click().run()
+    assert not at.exception and [s.value for s in at.main.subheader] == [f"Sample {i}" for i in range(1, 6)]
+    shown = [m.value.replace("\\", "") for m in at.markdown if "The history of the city" in m.value]
+    assert len(shown) == 5 and any(len(s) > len("The history of the city") + 10 for s in shown)
+    for text in shown:
+        assert "<unk>" not in text and not any(mark in text for mark in ("@-@", "@,@", "@.@")), text

@@ -58,3 +58,34 @@ def test_pieces_are_readable_and_aligned_with_the_ids(tokenizer):
     # byte runs decode to their character, the rest of the run is ""; words start with a space (SentencePiece's ▁)
     assert "".join(pieces) == " ok 🙂 <b>"
     assert not any(p.startswith("<0x") for p in pieces)
+
+
+def test_a_byte_token_that_is_no_whole_character_never_shows_as_a_replacement_mark(tokenizer):
+    """A sampled model can emit the first byte of a 3-byte character and then something else: the text drops it
+    (no U+FFFD on screen) and the token list names the byte."""
+    byte = tokenizer.sp.piece_to_id("<0xE2>")
+    a = tokenizer.encode("a")
+    assert tokenizer.decode(a + [byte] + a) == tokenizer.decode(a + a)
+    assert tokenizer.pieces(a + [byte] + a)[1] == "<0xE2>"
+    assert tokenizer.decode(tokenizer.encode("naïve ☕")) == "naïve ☕"  # whole characters are untouched
+
+
+def test_detokenize_wikitext_reads_as_prose():
+    from nlp.tokenizer import detokenize_wikitext
+
+    raw = (' The city , founded in 1850 , is 3 @,@ 000 km long and well @-@ known for its " old " town '
+           "( the centre ) .\n = History = \n It did n't grow until 1 @.@ 5 million people 's homes were built .")
+    assert detokenize_wikitext(raw) == ('The city, founded in 1850, is 3,000 km long and well-known for its "old" '
+                                        "town (the centre).\n= History =\nIt didn't grow until 1.5 million people's "
+                                        "homes were built.")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["the", " the", " city", " ,", " @-@", " @,@", " 000", ' "', " (", " )", " .", "\n",
+                                 " n't", " 's", " did", "s", "\n\n", " <unk>"]), max_size=30),
+       st.sampled_from(["", "The history of", "In 1998 , the"]))
+def test_readable_stream_joins_to_the_readable_whole(pieces, prompt):
+    from nlp.serve import readable_stream
+    from nlp.tokenizer import detokenize_wikitext
+
+    assert "".join(readable_stream(iter(pieces), prompt)) == detokenize_wikitext(prompt + "".join(pieces))

@@ -1,5 +1,6 @@
 """Every page through streamlit.testing.v1.AppTest, on tiny checkpoints trained from the fixtures."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -168,8 +169,8 @@ def test_hostile_sentiment_input(checkpoints, text):
     at.text_area[0].input(text).run()  # max_chars in the browser; the page checks again
     at.button[0].click().run()
     assert not at.exception
-    if len(text) > 5000:  # the box itself stops at its limit, which its label states
-        assert at.warning or (len(at.text_area[0].value) <= 5000 and "up to 5,000" in at.text_area[0].label)
+    if len(text) > 5000:  # the text stays in the box, where the user sees it, and gets no result
+        assert "limit is 5,000" in at.warning[0].value and at.text_area[0].value == text and not at.metric
     elif not text.replace("\x00", "").strip():
         assert at.warning
     else:
@@ -185,6 +186,8 @@ def test_batch_upload_gives_one_row_per_text(checkpoints):
                                   for i in range(25))
     at.file_uploader[0].upload("reviews.csv", csv.encode(), "text/csv").run()
     assert not at.exception
+    # no column is named "text": the page asks which to score instead of scoring the first (here the ids)
+    assert not at.dataframe and "Choose which" in at.info[0].value
     at.selectbox[0].set_value("review").run()
     table = at.dataframe[0].value
     assert len(table) == 25 and list(table.columns)[:3] == ["text", "label", "probability"]
@@ -206,9 +209,41 @@ def test_bad_uploads_get_a_clear_message(checkpoints, name, data, message):
     assert any(message in e.value for e in at.error)
 
 
+def test_the_download_keeps_every_uploaded_column_and_adds_the_predictions(checkpoints, monkeypatch):
+    import streamlit
+
+    got = {}
+    real = streamlit.download_button
+
+    def keep(label, data, *a, **kw):
+        got["csv"] = data
+        return real(label, data, *a, **kw)
+    monkeypatch.setattr(streamlit, "download_button", keep)
+    at = page("sentiment.py").run()
+    csv = "id,text,stars\n1,great film,5\n2,awful film,1\n"
+    at.file_uploader[0].upload("r.csv", csv.encode(), "text/csv").run()
+    import io
+
+    import pandas as pd
+    frame = pd.read_csv(io.BytesIO(got["csv"]))
+    assert list(frame.columns)[:3] == ["id", "text", "stars"]
+    assert {"predicted_label", "predicted_probability"} <= set(frame.columns) and len(frame) == 2
+
+
+def significant_digits(number: str) -> int:
+    m = re.fullmatch(r"-?(\d+)(?:\.(\d+))?(?:e[-+]\d+)?", number)
+    assert m, number
+    return len((m[1] + (m[2] or "")).lstrip("0"))
+
+
 def test_models_page_shows_each_checkpoint(checkpoints):
     at = page("model_cards.py").run()
     assert not at.exception
+    for table in at.dataframe:  # numbers as a reader wants them: no "None", no 0.000000000002
+        cells = [str(v) for v in table.value.to_numpy().ravel()]
+        assert "None" not in cells and "nan" not in cells
+        assert all(re.fullmatch(r"-?\d{1,3}(,\d{3})*", c) or significant_digits(c) <= 4 for c in cells if c), cells
+    assert not any("commit" in c.value for c in at.caption)
     assert [h.value for h in at.header] == ["Chat (encoder-decoder with attention)", "Language model",
                                             "Sentiment classifier"]
     assert len(at.metric) == 9
@@ -225,3 +260,77 @@ def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoin
     assert not page("generate.py").run().exception
     cards = page("model_cards.py").run()
     assert not cards.exception and "Not available" in cards.warning[0].value
+
+
+def test_a_message_cut_off_by_the_next_one_is_answered_first(checkpoints):
+    """Sending while a reply streams reruns the page and cuts that reply off: the chat still alternates."""
+    at = page("chat.py").run()
+    at.session_state.chat = [{"role": "user", "content": "hello?"}]  # what such a cut leaves behind
+    say(at, "are you there?")
+    assert [m["role"] for m in at.session_state.chat] == ["user", "assistant"] * 2
+    assert [m["content"] for m in at.session_state.chat[::2]] == ["hello?", "are you there?"]
+
+
+def test_a_message_over_the_limit_is_kept_to_shorten(checkpoints):
+    at = page("chat.py").run()
+    long = "tell me more " * 100  # 1,300 characters
+    say(at, long)
+    assert not at.session_state.chat and "limit is 1,000" in at.warning[0].value
+    box = at.text_area(key="chat-draft")
+    assert box.value == long.strip() or box.value == long
+    box.set_value("tell me more").run()
+    at.button(key="chat-draft-send").click().run()
+    assert not at.exception
+    assert [m["content"] for m in at.session_state.chat[::2]] == ["tell me more"]
+    assert "chat-draft" not in at.session_state
+
+
+def test_older_turns_are_mentioned_once(checkpoints):
+    at = page("chat.py").run()
+    at.radio(key="chat-strategy").set_value("greedy").run()
+    for text in ["hello", "how are you?", "what is new?", "and then?", "really?"]:
+        say(at, text)
+    notes = [n for m in at.session_state.chat for n in m.get("notes", []) if "older turns" in n]
+    assert len(notes) == 1
+
+
+def test_non_default_decoding_is_shown_and_can_be_reset(checkpoints):
+    at = page("chat.py").run()
+    assert not any("differs from the defaults" in c.value for c in at.caption)
+    at.slider(key="chat-temperature").set_value(2.0).run()
+    assert any("temperature 2 (default 0.8)" in c.value for c in at.caption)
+    at.button(key="chat-reset").click().run()
+    assert at.slider(key="chat-temperature").value == 0.8
+    assert not any("differs from the defaults" in c.value for c in at.caption)
+
+
+def test_generate_warns_on_a_blank_or_over_long_prompt_and_keeps_it(checkpoints):
+    at = page("generate.py").run()
+    at.text_area[0].input("   ").run()
+    at.button[0].click().run()
+    assert "prompt is empty" in at.warning[0].value and not any("tokens/s" in c.value for c in at.caption)
+    at.text_area[0].input("y" * 2500).run()
+    at.button[0].click().run()
+    assert "limit is 2,000" in at.warning[0].value and at.text_area[0].value == "y" * 2500
+
+
+def test_generate_shows_readable_text_or_the_raw_tokens(checkpoints):
+    at = page("generate.py").run()
+    at.text_input(key="generate-seed").set_value("1").run()
+    at.text_area[0].input("In 1851 , the whale @-@ ship").run()
+    at.button[0].click().run()
+    shown = [m.value.replace("\\", "") for m in at.markdown if "1851" in m.value][0]  # plain() escapes
+    assert shown.startswith("In 1851, the whale-ship")
+    at.checkbox[1].check().run()  # Show the raw tokens
+    at.button[0].click().run()
+    shown = [m.value.replace("\\", "") for m in at.markdown if "1851" in m.value][0]  # plain() escapes
+    assert shown.startswith("In 1851 , the whale @-@ ship")
+
+
+def test_the_page_icon_ships_with_the_app():
+    from PIL import Image
+
+    icon = WEBAPP / "static" / "icon.png"
+    assert Image.open(icon).size == (128, 128)
+    assert 'page_icon=str(ICON)' in (WEBAPP / "app.py").read_text() and ":material/" not in \
+        (WEBAPP / "app.py").read_text().split("page_icon")[1].split(")")[0]

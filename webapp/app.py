@@ -11,8 +11,9 @@ import streamlit as st
 # `streamlit run webapp/app.py` puts webapp/ on the import path, not the repository: the pages need both
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-st.set_page_config(page_title="Recurrent chat, generation & sentiment", page_icon=":material/cycle:",
-                   layout="wide")
+# the icon ships with the app: a Material icon here would be fetched from a font host, which fails offline
+ICON = Path(__file__).resolve().parent / "static" / "icon.png"
+st.set_page_config(page_title="Recurrent chat, generation & sentiment", page_icon=str(ICON), layout="wide")
 
 pages = [
     st.Page("chat.py", title="Chat", icon=":material/chat:", default=True),

@@ -6,7 +6,7 @@ import streamlit as st
 
 from nlp.decoding import GenerationError, make_generator
 from nlp.serve import chat_reply, strip_control
-from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain
+from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, non_default_settings, plain, reset_decoding
 
 st.title("Chat")
 ck = model_or_stop("chat")
@@ -17,6 +17,7 @@ st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and mov
 
 if st.sidebar.button("New chat", type="primary", width="stretch") or "chat" not in st.session_state:
     st.session_state.chat = []
+    st.session_state.pop("chat-dropped-said", None)
 
 
 def attention_chart(reply: dict):
@@ -59,44 +60,85 @@ def show(message: dict):
         details(message)
 
 
+def respond() -> None:
+    """Reply to the last message of the chat (a user's), streaming it in, and add the reply to the chat."""
+    chat = st.session_state.chat
+    with st.chat_message("assistant"):
+        try:
+            reply = chat_reply(ck, [m["content"] for m in chat], cfg, make_generator(seed))
+            st.write_stream(plain(piece) for piece in reply.stream)
+        except GenerationError as e:
+            chat.pop()  # the message gets no reply: take it back, so the chat still alternates
+            st.error(str(e))
+            st.stop()
+        notes = []
+        if reply.turns_dropped and not st.session_state.get("chat-dropped-said"):
+            notes.append(f"From here on the model sees only the last {reply.turns_used} turns of the "
+                         "conversation (the length it was trained on); older turns are not sent.")
+            st.session_state["chat-dropped-said"] = True
+        if reply.tokens_dropped:
+            notes.append(f"The oldest {reply.tokens_dropped} token(s) of that context were cut to fit the "
+                         f"model's {len(reply.context_tokens)}-token input.")
+        if not reply.text.strip():
+            notes.append("The model produced an empty reply; try sampling or a higher temperature.")
+        for note in notes:
+            st.caption(note)
+        message = {"role": "assistant", "content": reply.text, "notes": notes,
+                   "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
+                   "attention": reply.attention, "candidates": reply.candidates}
+        details(message)
+    chat.append(message)
+
+
 for message in st.session_state.chat:
     show(message)
 
+# A message sent while the previous reply was still streaming reruns this script and cuts that reply off:
+# the unanswered message is answered first, so the chat always alternates and the model never sees two user
+# turns in a row.
+if st.session_state.chat and st.session_state.chat[-1]["role"] == "user":
+    respond()
+
+changed = non_default_settings("chat", ck, cfg)
+if changed:
+    c1, c2 = st.columns([4, 1])
+    c1.caption("Decoding differs from the defaults: " + ", ".join(changed))
+    if c2.button("Reset to defaults", key="chat-reset"):
+        reset_decoding("chat")
+
+# A message over the limit is kept here to shorten (the chat box empties itself when it sends)
+draft = None
+if "chat-draft-text" in st.session_state:
+    st.session_state["chat-draft"] = st.session_state.pop("chat-draft-text")
+if "chat-draft" in st.session_state:
+    with st.container(border=True):
+        st.warning(f"Your message has {len(st.session_state['chat-draft']):,} characters; the limit is "
+                   f"{MAX_MESSAGE_CHARS:,}. Shorten it here and send it again.")
+        edited = st.text_area("Your message", key="chat-draft", height=150)
+        c1, c2 = st.columns(2)
+        if c1.button("Send", key="chat-draft-send", type="primary"):
+            draft = edited
+        if c2.button("Discard", key="chat-draft-discard"):
+            del st.session_state["chat-draft"]
+            st.rerun()
+
 prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
+if prompt is None:
+    prompt = draft
 if prompt is not None:
     text, removed = strip_control(prompt)
     if not text.strip():
         st.warning("The message is empty: type something to get a reply.")
     elif len(text) > MAX_MESSAGE_CHARS:
-        st.warning(f"The message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. "
-                   "Please shorten it.")
+        st.session_state["chat-draft-text"] = text  # shown for editing on the rerun
+        st.rerun()
     else:
+        st.session_state.pop("chat-draft", None)
         user = {"role": "user", "content": text}
         if removed:
             user["notes"] = [f"{removed} control character(s) were removed from the message."]
         st.session_state.chat.append(user)
         show(user)
-        history = [m["content"] for m in st.session_state.chat]
-        with st.chat_message("assistant"):
-            try:
-                reply = chat_reply(ck, history, cfg, make_generator(seed))
-                st.write_stream(plain(piece) for piece in reply.stream)
-            except GenerationError as e:
-                st.error(str(e))
-                st.stop()
-            notes = []
-            if reply.turns_dropped:
-                notes.append(f"The model saw the last {reply.turns_used} turns; {reply.turns_dropped} older "
-                             "turn(s) were not sent.")
-            if reply.tokens_dropped:
-                notes.append(f"The oldest {reply.tokens_dropped} token(s) of that context were cut to fit the "
-                             f"model's {len(reply.context_tokens)}-token input.")
-            if not reply.text.strip():
-                notes.append("The model produced an empty reply; try sampling or a higher temperature.")
-            for note in notes:
-                st.caption(note)
-            message = {"role": "assistant", "content": reply.text, "notes": notes,
-                       "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
-                       "attention": reply.attention, "candidates": reply.candidates}
-            details(message)
-        st.session_state.chat.append(message)
+        respond()
+        if draft is not None:
+            st.rerun()  # the draft box goes

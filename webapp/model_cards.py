@@ -13,6 +13,17 @@ st.caption("Every number here comes from the files in the checkpoint folder: its
 
 CONTEXT_CURVES = {"val_context_gain": "context gain (nats a token)",
                   "val_rank_accuracy": "next-reply accuracy (in a batch)"}
+def numbers(values: dict) -> dict[str, str]:
+    """The numeric entries, as text to 4 significant digits (counts in full): a table of strings shows no
+    "None" and no 0.000000000002."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k.replace("_", " ")] = f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+    return out
+
+
 NAMES = {"chat": "Chat (encoder-decoder with attention)", "lm": "Language model", "sentiment": "Sentiment classifier"}
 for task, title in NAMES.items():
     st.header(title)
@@ -39,8 +50,8 @@ for task, title in NAMES.items():
         smoothing = ck.config.get("train", {}).get("label_smoothing", 0)
         st.caption("Train loss: the mean over the steps since the previous log line, in training mode (dropout on"
                    + (f", label smoothing {smoothing:g} added" if smoothing else "") + "); val loss: the validation "
-                   "split in evaluation mode, so train loss can sit above it. Lines logged by code older than "
-                   "commit 44834f8 hold running means since the process started instead.")
+                   "split in evaluation mode, so train loss can sit above it. (In logs of older runs the train "
+                   "loss is a running mean since the run started, which makes a flatter curve.)")
     if isinstance(ck.config.get("decoding"), dict):
         with st.expander("Default decoding (chosen on validation data)"):
             st.json(ck.config["decoding"])
@@ -58,10 +69,10 @@ for task, title in NAMES.items():
             if not isinstance(result, dict) or "metrics" not in result:
                 continue
             st.subheader(f"Test metrics: {name}")
-            flat = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
-            table = {"this model": flat}
+            table = {"this model": numbers(result["metrics"])}
             for base, values in result.get("baselines", {}).items():
-                table[base] = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-            st.dataframe(pd.DataFrame(table), width="stretch")
+                if isinstance(values, dict):
+                    table[base.replace("_", " ")] = numbers(values)
+            st.dataframe(pd.DataFrame(table).fillna(""), width="stretch")
     else:
         st.caption(f"No {METRICS} yet: `python -m nlp eval --checkpoint {path} --corpus ... --split test`.")

@@ -29,14 +29,15 @@ def shaded(tokens: list[str], weights: list[float]) -> str:
 
 single, batch = st.tabs(["One text", "A file"])
 with single:
-    text = st.text_area(f"Text (up to {MAX_SENTENCE_CHARS:,} characters)", "A gorgeous, moving and funny film.",
-                        max_chars=MAX_SENTENCE_CHARS)
+    # no max_chars: a paste over the limit stays in the box, where the user sees it, and Analyse refuses it
+    text = st.text_area(f"Text (up to {MAX_SENTENCE_CHARS:,} characters)", "A gorgeous, moving and funny film.")
     if st.button("Analyse", type="primary"):
         clean, removed = strip_control(text)
         if not clean.strip():
             st.warning("The text is empty: type a sentence to analyse.")
         elif len(clean) > MAX_SENTENCE_CHARS:
-            st.warning(f"The text has {len(clean):,} characters; the limit is {MAX_SENTENCE_CHARS:,}.")
+            st.warning(f"The text has {len(clean):,} characters; the limit is {MAX_SENTENCE_CHARS:,}. Shorten it "
+                       "and press Analyse again.")
         else:
             if removed:
                 st.caption(f"{removed} control character(s) were removed.")
@@ -83,19 +84,28 @@ with batch:
                 st.error(f"The file has {len(frame):,} rows; the limit is {MAX_UPLOAD_ROWS:,}.")
             else:
                 columns = list(frame.columns)
-                default = columns.index("text") if "text" in columns else 0
-                column = st.selectbox("Text column", columns, index=default)
+                guess = columns.index("text") if "text" in columns else (0 if len(columns) == 1 else None)
+                column = st.selectbox("Text column", columns, index=guess, placeholder="Choose the column to score",
+                                      help="the column that holds the texts; the others are kept in the download")
+                if column is None:  # no column named "text": never guess (an id column would be scored)
+                    st.info(f"The file has no column named 'text'. Choose which of its {len(columns)} columns "
+                            "holds the texts to score.")
+                    st.stop()
                 texts = [strip_control(str(t))[0][:MAX_SENTENCE_CHARS] for t in frame[column]]
                 results = classify(ck, texts)
-                out = pd.DataFrame({"text": frame[column], "label": [LABELS[r["label"]] for r in results],
-                                    "probability": [round(r["probability"], 4) for r in results]})
+                predicted = {"label": [LABELS[r["label"]] for r in results],
+                             "probability": [round(r["probability"], 4) for r in results]}
                 if results and "rating" in results[0]:
-                    out["rating"] = [round(r["rating"], 3) for r in results]
+                    predicted["rating"] = [round(r["rating"], 3) for r in results]
+                out = pd.DataFrame({"text": frame[column], **predicted})
                 st.dataframe(out, width="stretch", hide_index=True)
                 counts = out["label"].value_counts().rename_axis("label").reset_index(name="count")
                 st.altair_chart(alt.Chart(counts).mark_bar().encode(x="label:N", y="count:Q", color="label:N"),
                                 width="stretch")
-                st.download_button("Download predictions (CSV)", out.to_csv(index=False).encode(),
+                download = frame.copy()  # every uploaded column, then the predictions
+                for name, values in predicted.items():
+                    download[f"predicted_{name}"] = values
+                st.download_button("Download the file with predictions (CSV)", download.to_csv(index=False).encode(),
                                    file_name="sentiment_predictions.csv", mime="text/csv")
                 if any(len(str(t)) > MAX_SENTENCE_CHARS for t in frame[column]):
                     st.caption(plain(f"Texts longer than {MAX_SENTENCE_CHARS:,} characters were read up to "

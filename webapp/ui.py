@@ -113,3 +113,30 @@ def decoding_controls(key: str, ck: Checkpoint) -> tuple[GenerationConfig, int |
         sb.error(str(e))
         st.stop()
     return cfg, seed
+
+
+SETTINGS = [("strategy", "strategy"), ("num_candidates", "candidates"), ("temperature", "temperature"),
+            ("top_k", "top-k"), ("top_p", "top-p"), ("min_p", "min-p"), ("repetition_penalty", "repetition penalty"),
+            ("no_repeat_ngram_size", "no-repeat n-gram"), ("num_beams", "beams"), ("max_new_tokens", "max new tokens")]
+WIDGETS = ["strategy", "candidates", "temperature", "top-k", "top-p", "min-p", "rep", "ngram", "beams", "max", "seed"]
+
+
+def non_default_settings(key: str, ck: Checkpoint, cfg: GenerationConfig) -> list[str]:
+    """The decoding settings that differ from the checkpoint's defaults, as "temperature 2 (default 0.8)"."""
+    d = default_decoding(ck)
+    out = []
+    for field, label in SETTINGS:
+        if field == "num_beams" and cfg.strategy != "beam":
+            continue
+        mine, theirs = getattr(cfg, field), getattr(d, field)
+        if mine != theirs:
+            out.append(f"{label} {mine:g} (default {theirs:g})" if isinstance(mine, (int, float))
+                       else f"{label} {mine} (default {theirs})")
+    return out
+
+
+def reset_decoding(key: str) -> None:
+    """Put every decoding control of a page back to its default, and show the page again."""
+    for w in WIDGETS:
+        st.session_state.pop(f"{key}-{w}", None)
+    st.rerun()
