@@ -103,7 +103,8 @@ def test_chat_in_the_browser(app, page, shots):
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stChatMessage]').length >= 2 && "
                            "!document.querySelector('[data-testid=stStatusWidget]')")
     reply = messages.nth(1).get_by_test_id("stMarkdownContainer").first.inner_text().strip()
-    assert reply, "the streamed reply is empty"
+    # the tiny fixture model's greedy reply can be only whitespace: then the page must say so
+    assert reply or "empty reply" in messages.nth(1).inner_text(), "the reply is neither shown nor explained"
     assert messages.nth(0).inner_text().strip().endswith("hi, how are you?")
     settle(page)
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
