@@ -254,6 +254,11 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     k = min(RANK_CANDIDATES, len(examples))
     cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
     baselines = chat_baselines(dd["train"], contexts, refs)
+    # rows whose whole context (its last `turns` turns) occurs verbatim in the training split: splits are by
+    # conversation, yet short openings ("hi!") repeat across conversations
+    turns = ck.config.get("train", {}).get("context_turns", 3)
+    seen = {tuple(c[-turns:]) for c in dd["train"]["context"]}
+    metrics["contexts_in_train"] = sum(tuple(c) in seen for c in contexts) / max(len(contexts), 1)
     if k > 1:
         comp, prior = ranking_components(model, examples, cands, R.needs_prior(weights))
         scores = R.combine(comp, weights, prior).view(len(examples), k)
@@ -302,7 +307,7 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     truth_t = torch.tensor(truth)
     head = comp.head is not None
     grid = []
-    for lik in ((0.0, 0.25, 0.5, 1.0, 2.0, 4.0) if head else (1.0,)):
+    for lik in ((0.0, 0.5, 1.0, 2.0, 4.0, 8.0) if head else (1.0,)):
         for mi in ((0.0, 0.25, 0.5, 0.75) if lik else (0.0,)):
             w = R.RankWeights(head=1.0 if head else 0.0, likelihood=lik, mi=mi)
             hits = float((R.combine(comp, w, prior).view(len(examples), k).argmax(1) == truth_t).float().mean())

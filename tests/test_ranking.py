@@ -158,7 +158,7 @@ def test_eval_reports_hits_at_1_context_gain_and_the_tfidf_ranking(trained):
     m, b = result["metrics"], result["baselines"]
     assert 0 <= m["hits_at_1"] <= 1 and m["hits_at_1_chance"] == pytest.approx(1 / m["hits_at_1_candidates"])
     assert 0 <= b["tfidf_ranking"]["hits_at_1"] <= 1
-    assert isinstance(m["context_gain"], float)
+    assert isinstance(m["context_gain"], float) and 0 <= m["contexts_in_train"] <= 1
     # eval without a decoding uses the checkpoint's default, the app's
     assert result["decoding"]["max_new_tokens"] == default_decoding(ck).max_new_tokens
 
