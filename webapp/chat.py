@@ -6,7 +6,7 @@ import streamlit as st
 
 from nlp.decoding import GenerationError, make_generator
 from nlp.serve import chat_reply, strip_control
-from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, non_default_settings, plain, reset_decoding
+from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain, settings_notice
 
 st.title("Chat")
 ck = model_or_stop("chat")
@@ -99,12 +99,7 @@ for message in st.session_state.chat:
 if st.session_state.chat and st.session_state.chat[-1]["role"] == "user":
     respond()
 
-changed = non_default_settings("chat", ck, cfg)
-if changed:
-    c1, c2 = st.columns([4, 1])
-    c1.caption("Decoding differs from the defaults: " + ", ".join(changed))
-    if c2.button("Reset to defaults", key="chat-reset"):
-        reset_decoding("chat")
+settings_notice("chat", ck, cfg)
 
 # A message over the limit is kept here to shorten (the chat box empties itself when it sends)
 draft = None

@@ -10,9 +10,8 @@ from ui import (
     MAX_SAMPLES,
     decoding_controls,
     model_or_stop,
-    non_default_settings,
     plain,
-    reset_decoding,
+    settings_notice,
 )
 
 st.title("Generate")
@@ -21,12 +20,7 @@ cfg, seed = decoding_controls("generate", ck)
 st.caption("A 2-layer LSTM language model trained on WikiText-2 (Wikipedia articles, tokenized with spaces "
            f"around punctuation and <unk> for rare words). Prompts up to {MAX_PROMPT_CHARS:,} characters.")
 
-changed = non_default_settings("generate", ck, cfg)
-if changed:
-    c1, c2 = st.columns([4, 1])
-    c1.caption("Decoding differs from the defaults: " + ", ".join(changed))
-    if c2.button("Reset to defaults", key="generate-reset"):
-        reset_decoding("generate")
+settings_notice("generate", ck, cfg)
 
 # no max_chars: a paste over the limit stays in the box, where the user sees it, and Generate refuses it
 prompt = st.text_area(f"Prompt (up to {MAX_PROMPT_CHARS:,} characters)", "The history of the city", height=100)

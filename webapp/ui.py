@@ -135,6 +135,16 @@ def non_default_settings(key: str, ck: Checkpoint, cfg: GenerationConfig) -> lis
     return out
 
 
+def settings_notice(key: str, ck: Checkpoint, cfg: GenerationConfig) -> None:
+    """Above a page's input: the decoding settings that differ from the defaults, and a button that resets them."""
+    changed = non_default_settings(key, ck, cfg)
+    if changed:
+        c1, c2 = st.columns([4, 1])
+        c1.caption("Decoding differs from the defaults: " + ", ".join(changed))
+        if c2.button("Reset to defaults", key=f"{key}-reset"):
+            reset_decoding(key)
+
+
 def reset_decoding(key: str) -> None:
     """Put every decoding control of a page back to its default, and show the page again."""
     for w in WIDGETS:
