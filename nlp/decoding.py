@@ -91,19 +91,49 @@ def make_generator(seed: int | None = None, device: str | torch.device = "cpu") 
 
 
 # --------------------------------------------------------------------------- score processing
-def banned_ngram_tokens(history: list[int], n: int) -> set[int]:
-    """Tokens that would complete an n-gram already present in history."""
-    if n <= 0 or len(history) < n - 1:
-        return set()
+def history_tensor(histories: list[list[int]], device: torch.device | str = "cpu") -> Tensor:
+    """(K, L) token ids, each history right-aligned and left-padded with -1 (so the last tokens line up)."""
+    width = max((len(h) for h in histories), default=0)
+    out = torch.full((len(histories), width), -1, dtype=torch.long)
+    for row, hist in enumerate(histories):
+        if hist:
+            out[row, width - len(hist):] = torch.as_tensor(hist, dtype=torch.long)
+    return out.to(device)
+
+
+def banned_ngram_mask(hist: Tensor, n: int, vocab: int) -> Tensor:
+    """(K, V) True where a token would complete an n-gram already in the row's history ((K, L), -1 = pad).
+
+    Every window of n tokens whose first n-1 equal the row's last n-1 tokens bans its last token: one
+    vectorised comparison of all windows of all rows instead of a Python loop over rows.
+    """
+    K, L = hist.shape
+    counts = torch.zeros(K, vocab, dtype=torch.int32, device=hist.device)
+    if n <= 0 or L < n:
+        return counts > 0
     if n == 1:
-        return set(history)
-    prefix = tuple(history[len(history) - n + 1:])
-    return {history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix}
+        last, hit = hist, hist >= 0
+    else:
+        windows = hist.unfold(1, n, 1)                                # (K, L-n+1, n)
+        prefix = hist[:, L - n + 1:]                                  # (K, n-1): the last n-1 tokens
+        last = windows[:, :, -1]
+        hit = (windows[:, :, :-1] == prefix.unsqueeze(1)).all(-1)     # (K, L-n+1)
+        hit &= (prefix >= 0).all(-1, keepdim=True) & (last >= 0)
+    # several windows can end in the same token: add, so that a miss never overwrites a hit
+    return counts.scatter_add_(1, last.clamp(min=0), hit.to(torch.int32)) > 0
+
+
+def banned_ngram_tokens(history: list[int], n: int, vocab: int | None = None) -> set[int]:
+    """Tokens that would complete an n-gram already present in history."""
+    if not history:
+        return set()
+    mask = banned_ngram_mask(history_tensor([history]), n, vocab or max(history) + 1)
+    return set(mask[0].nonzero().flatten().tolist())
 
 
 def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, generated: int) -> Tensor:
     """Minimum length, repetition penalty and n-gram bans on log-probs (K, V), one history per row;
-    `generated` tokens are out so far."""
+    `generated` tokens are out so far. Vectorised over rows (sample-and-rank decodes many at once)."""
     early = generated < cfg.min_new_tokens
     if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early and not cfg.banned_ids:
         return scores
@@ -112,13 +142,15 @@ def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, ge
         scores[:, EOS] = float("-inf")
     if cfg.banned_ids:
         scores[:, list(cfg.banned_ids)] = float("-inf")
-    for row, hist in enumerate(histories):
-        if cfg.repetition_penalty != 1.0 and hist:
-            seen = torch.tensor(sorted(set(hist)), device=scores.device)
-            scores[row, seen] -= math.log(cfg.repetition_penalty)
-        banned = banned_ngram_tokens(hist, cfg.no_repeat_ngram_size)
-        if banned:
-            scores[row, list(banned)] = float("-inf")
+    if not any(histories) or (cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size):
+        return scores
+    hist = history_tensor(histories, scores.device)
+    V = scores.shape[1]
+    if cfg.repetition_penalty != 1.0:
+        seen = banned_ngram_mask(hist, 1, V)
+        scores = scores - seen.to(scores.dtype) * math.log(cfg.repetition_penalty)
+    if cfg.no_repeat_ngram_size:
+        scores = scores.masked_fill(banned_ngram_mask(hist, cfg.no_repeat_ngram_size, V), float("-inf"))
     return scores
 
 
@@ -292,16 +324,18 @@ def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
     B = len(prompts)
     log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
     out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
+    active = list(range(B))  # rows still writing; finished rows leave the batch, so each step is cheaper
     for step in range(cfg.max_new_tokens):
-        toks = choose(adjust(log_probs, out, cfg, step), cfg, generator).tolist()
-        for i, t in enumerate(toks):
-            if not done[i]:
-                if t == EOS:
-                    done[i] = True
-                else:
-                    out[i].append(t)
-        if all(done):
+        toks = choose(adjust(log_probs, [out[i] for i in active], cfg, step), cfg, generator).tolist()
+        keep = []
+        for pos, (i, t) in enumerate(zip(active, toks)):
+            if t != EOS:
+                out[i].append(t)
+                keep.append(pos)
+        if not keep or step == cfg.max_new_tokens - 1:
             break
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=device)
+            state, active, toks = _reorder(state, idx), [active[p] for p in keep], [toks[p] for p in keep]
         log_probs, state = model.step(torch.tensor(toks, device=device), state)
     return out

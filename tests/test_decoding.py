@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -125,6 +127,37 @@ def test_banned_ngram_tokens():
     assert banned_ngram_tokens([1, 2, 1], 2) == {2}
     assert banned_ngram_tokens([4, 5], 1) == {4, 5}
     assert banned_ngram_tokens([1], 3) == set()
+    assert banned_ngram_tokens([], 2) == set()
+
+
+def _reference_bans(history: list[int], n: int) -> set[int]:
+    """The definition, one window at a time."""
+    if n == 1:
+        return set(history)
+    if len(history) < n - 1:
+        return set()
+    prefix = tuple(history[len(history) - n + 1:])
+    return {history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix}
+
+
+def test_vectorised_adjust_matches_the_row_by_row_definition():
+    """Rows of different lengths (finished replies stop growing) in one batch, a tiny vocabulary so that
+    repeats and n-gram hits are common."""
+    from nlp.decoding import adjust
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        K, n = 1 + trial % 7, 1 + trial % 4
+        histories = [torch.randint(0, 6, (int(torch.randint(0, 12, (1,), generator=gen)),),
+                                   generator=gen).tolist() for _ in range(K)]
+        scores = torch.log_softmax(torch.randn(K, 6, generator=gen), -1)
+        cfg = GenerationConfig(repetition_penalty=1.5, no_repeat_ngram_size=n)
+        out = adjust(scores, histories, cfg, generated=5)
+        for row, hist in enumerate(histories):
+            expect = scores[row].clone()
+            expect[sorted(set(hist))] -= math.log(1.5)
+            expect[sorted(_reference_bans(hist, n))] = float("-inf")
+            torch.testing.assert_close(out[row], expect)
+            assert banned_ngram_tokens(hist, n, vocab=6) == _reference_bans(hist, n)
 
 
 def test_filters_keep_what_they_promise():
