@@ -26,22 +26,36 @@ from nlp.serve import check_text
 from nlp.tokenizer import TokenizerError
 
 
+def at_least(minimum: int):
+    """argparse type: an integer >= minimum, or a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     """Decoding flags; each one left out takes the checkpoint's default (nlp.serve.default_decoding: the app's)."""
     g = p.add_argument_group("decoding (each defaults to the app's setting for the checkpoint)")
     g.add_argument("--strategy", choices=["greedy", "sample", "beam"], help="how to pick each token")
     g.add_argument("--temperature", type=float, help="lower = more predictable, higher = more varied; 0 = greedy")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens; 0 = all")
+    g.add_argument("--top-k", type=at_least(0), help="sample among the k most likely tokens; 0 = all")
     g.add_argument("--top-p", type=float, help="sample among the most likely tokens that together reach p")
     g.add_argument("--min-p", type=float, help="drop tokens less likely than min-p x the most likely one (0 = off)")
     g.add_argument("--repetition-penalty", type=float, help="> 1 discourages tokens already in the text (1 = off)")
-    g.add_argument("--no-repeat-ngram", type=int, dest="no_repeat_ngram_size",
+    g.add_argument("--no-repeat-ngram", type=at_least(0), dest="no_repeat_ngram_size",
                    help="never repeat an n-gram of this size (0 = off)")
-    g.add_argument("--num-beams", type=int, help="beams for --strategy beam")
+    g.add_argument("--num-beams", type=at_least(1), help="beams for --strategy beam")
     g.add_argument("--length-penalty", type=float, help="beam score = log-prob / length ** this")
-    g.add_argument("--max-new-tokens", type=int, help="stop after this many tokens")
-    g.add_argument("--min-new-tokens", type=int, help="no end of text before this many tokens (1: never empty)")
-    g.add_argument("--num-candidates", type=int,
+    g.add_argument("--max-new-tokens", type=at_least(1), help="stop after this many tokens")
+    g.add_argument("--min-new-tokens", type=at_least(0), help="no end of text before this many tokens (1: never empty)")
+    g.add_argument("--num-candidates", type=at_least(1),
                    help="chat: sample this many replies and keep the best by the ranking score (1 = plain sampling)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
 
@@ -118,7 +132,11 @@ def cmd_eval(a) -> int:
     ck = load(a.checkpoint, task=_task_of_checkpoint(a.checkpoint))
     gen = generation_config(a, ck) if ck.task == "chat" else None
     result = evaluate(ck, a.corpus, a.split, a.max_examples, gen, seed=a.seed or 0)
-    where = record(result, Path(a.checkpoint), Path(a.output) if a.output else None, a.tag)
+    where = []
+    if a.output:
+        where.append(record(result, Path(a.checkpoint), Path(a.output)))
+    if a.record:  # the checkpoint's published numbers change only when asked
+        where.append(record(result, Path(a.checkpoint), None, a.tag))
     if a.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
     else:
@@ -127,7 +145,8 @@ def cmd_eval(a) -> int:
                 print(f"{k:24} {v:.4f}" if isinstance(v, float) else f"{k:24} {v}")
         for name, b in result["baselines"].items():
             print(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.items() if isinstance(v, float)))
-    print(f"written to {where}", file=sys.stderr)
+    for path in where:
+        print(f"written to {path}", file=sys.stderr)
     return 0
 
 
@@ -143,6 +162,37 @@ def cmd_tune_chat(a) -> int:
         update_config(a.checkpoint, decoding=decoding, decoding_tuning={k: v for k, v in result.items()
                                                                          if k != "decoding"})
         print(f"written to {Path(a.checkpoint) / 'config.json'} (\"decoding\")", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_sentiment(a) -> int:
+    from nlp.checkpoint import update_config
+    from nlp.evaluate import tune_sentiment
+
+    ck = load(a.checkpoint, "sentiment")
+    result = tune_sentiment(ck, a.corpus, a.split)
+    print(json.dumps({k: v for k, v in result.items() if k != "grid"}, indent=1))
+    if a.write:
+        update_config(a.checkpoint, neutral=result["neutral"], neutral_tuning=result["tuned_on"])
+        print(f"written to {Path(a.checkpoint) / 'config.json'} (\"neutral\")", file=sys.stderr)
+    return 0
+
+
+def cmd_probe_sentiment(a) -> int:
+    from nlp.evaluate import PROBE, probe_sentiment
+
+    result = probe_sentiment(load(a.checkpoint, "sentiment"), Path(a.file) if a.file else PROBE)
+    if a.json:
+        print(json.dumps(result, indent=1, ensure_ascii=False))
+        return 0
+    print(f"accuracy {result['accuracy']:.3f} on {result['n']} phrases of {result['file']}")
+    for name, acc in result["baselines"].items():
+        print(f"  baseline {name}: {acc:.3f}")
+    for kind, m in result["by_kind"].items():
+        print(f"  {kind or '(no kind)':10} {m['accuracy']:.3f} of {m['n']}")
+    for m in result["misses"]:
+        print(f"  missed: {m['text']!r} is {'positive' if m['label'] else 'negative'}; the model said "
+              f"{m['verdict']} (p={m['probability']:.2f})")
     return 0
 
 
@@ -219,6 +269,9 @@ def cmd_sentiment(a) -> int:
     ck = load(a.checkpoint, "sentiment", a.impl)
     texts = list(a.text)
     if a.file:
+        if not Path(a.file).is_file():
+            raise GenerationError(f"--file {a.file}: no such file" if not Path(a.file).exists()
+                                  else f"--file {a.file} is not a file; give a UTF-8 text file, one text a line")
         raw = Path(a.file).read_bytes()
         if b"\x00" in raw:
             raise GenerationError(f"{a.file} looks binary (NUL bytes); give a UTF-8 text file, one text a line")
@@ -230,13 +283,12 @@ def cmd_sentiment(a) -> int:
         raise GenerationError("give some text, or --file with one text a line")
     for t in texts:
         check_text(t, "text")
-    names = {0: "negative", 1: "positive"}
     for text, r in zip(texts, classify(ck, texts)):
         if a.json:
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
         else:
             rating = f"  rating {r['rating']:+.2f}" if "rating" in r else ""
-            print(f"{names[r['label']]:8} p={r['probability']:.3f}{rating}  {text[:100]}")
+            print(f"{r['verdict']:15} p={r['probability']:.3f}{rating}  {text[:100]}")
     return 0
 
 
@@ -258,15 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpora", help="list the named corpora, or show one's splits and examples")
     c.add_argument("action", choices=["list", "show"])
     c.add_argument("name", nargs="?", help="corpus name, hf:NAME or a file (for show)")
-    c.add_argument("--n", type=int, default=3, help="examples to print")
+    c.add_argument("--n", type=at_least(1), default=3, help="examples to print")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(fn=cmd_corpora)
 
     t = sub.add_parser("tokenizer", help="train the SentencePiece tokenizer")
     t.add_argument("action", choices=["train"])
     t.add_argument("--corpus", action="append", required=True, help="a corpus to learn from (repeatable)")
-    t.add_argument("--vocab-size", type=int, default=8000, help="number of pieces (default 8000)")
-    t.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
+    t.add_argument("--vocab-size", type=at_least(8), default=8000, help="number of pieces (default 8000)")
+    t.add_argument("--input-sentence-size", type=at_least(1), default=2_000_000, help="sentences sampled for training")
     t.add_argument("--out", required=True, help="where to write tokenizer.model")
     t.set_defaults(fn=cmd_tokenizer)
 
@@ -276,11 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="checkpoint folder")
     e.add_argument("--corpus", required=True, help="corpus name, hf:NAME or file")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split")
-    e.add_argument("--max-examples", type=int, default=0, help="evaluate on this many rows (0 = all)")
+    e.add_argument("--max-examples", type=at_least(0), default=0, help="evaluate on this many rows (0 = all)")
     e.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    e.add_argument("--output", help="write the JSON here instead of CHECKPOINT/metrics.json")
-    e.add_argument("--tag", default="", help="store the result in metrics.json as CORPUS:SPLIT:TAG (e.g. the "
-                   "decoding), beside the untagged one")
+    e.add_argument("--output", help="also write the JSON result to this file")
+    e.add_argument("--record", action="store_true", help="store the result in CHECKPOINT/metrics.json (what the "
+                   "Models page and the README show) under CORPUS:SPLIT, with --max-examples recorded beside it")
+    e.add_argument("--tag", default="", help="with --record: store it as CORPUS:SPLIT:TAG (e.g. the decoding), "
+                   "beside the untagged one")
     add_generation_args(e)
     e.set_defaults(fn=cmd_eval)
 
@@ -289,10 +343,26 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
     tc.add_argument("--corpus", default="chitchat", help="dialogue corpus (default chitchat)")
     tc.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")
-    tc.add_argument("--max-examples", type=int, default=1000, help="rows for Hits@1 (default 1000)")
+    tc.add_argument("--max-examples", type=at_least(2), default=1000, help="rows for Hits@1 (default 1000)")
     tc.add_argument("--seed", type=int, default=0, help="seed for the row sample and the candidates")
     tc.add_argument("--write", action="store_true", help="store the choice as the checkpoint's default decoding")
     tc.set_defaults(fn=cmd_tune_chat)
+
+    ts = sub.add_parser("tune-sentiment", help="choose when a sentiment checkpoint says 'neutral / mixed', on "
+                        "validation data")
+    ts.add_argument("--checkpoint", required=True, help="sentiment checkpoint folder")
+    ts.add_argument("--corpus", nargs="+", default=["vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"],
+                    help="rated corpora, pooled (default: the four VADER domains)")
+    ts.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")
+    ts.add_argument("--write", action="store_true", help="store the rule in the checkpoint's config.json")
+    ts.set_defaults(fn=cmd_tune_sentiment)
+
+    ps = sub.add_parser("probe-sentiment", help="accuracy on negated and contrastive phrases "
+                        "(scripts/sentiment_probe.jsonl)")
+    ps.add_argument("--checkpoint", required=True, help="sentiment checkpoint folder")
+    ps.add_argument("--file", help="another probe file: jsonl rows with text, label (1/0) and kind")
+    ps.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    ps.set_defaults(fn=cmd_probe_sentiment)
 
     for name, fn, helptext in [("generate", cmd_generate, "continue a prompt with the language model"),
                                ("chat", cmd_chat, "talk to the chat model (reads lines from stdin)"),
@@ -303,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on the fused LSTM (default) or on the cells written from the equations")
         if name == "generate":
             s.add_argument("--prompt", default="", help="text to continue")
-            s.add_argument("--num-samples", type=int, default=1, help="how many continuations")
+            s.add_argument("--num-samples", type=at_least(1), default=1, help="how many continuations")
             s.add_argument("--multiline", action="store_true", help="go on past the end of a line")
             s.add_argument("--raw", action="store_true", help="print the tokens as the model wrote them (WikiText "
                            "markup such as ' @-@ ' and spaces before punctuation) instead of readable text")
@@ -317,16 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError, FileNotFoundError,
+               IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def _guard(fn) -> int:
-    """Known failures print one line and exit 2; no traceback for bad input."""
+    """The project's own errors (bad input) print one line and exit 2; anything else is a bug in this program
+    and shows as one: its traceback and where to report it, exit 1."""
     try:
         return fn()
-    except (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError, ValueError,
-            FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print("internal error: this is a bug in the program, not a problem with your input; please report it "
+              "with the command you ran and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

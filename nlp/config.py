@@ -54,6 +54,9 @@ class TrainConfig:
     empty_context_rate: float = field(default=0.0, metadata={
         "help": "chat: fraction of training contexts replaced by an empty one, so the model also learns p(reply)"})
     rating_weight: float = field(default=0.5, metadata={"help": "sentiment: weight of the rating (MSE) loss"})
+    negation_augment: float = field(default=0.0, metadata={
+        "help": "sentiment: add this fraction of negated and 'A, but B' copies of the training sentences "
+                "(nlp.augment)"})
     epochs: int = field(default=10, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit)"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (resumably) after this long (0 = no limit)"})

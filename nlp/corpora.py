@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -276,6 +277,9 @@ REGISTRY: dict[str, CorpusSpec] = {s.name: s for s in [
 
 
 # --------------------------------------------------------------------------- local files and the hub
+LABEL_NAMES = {"pos": 1, "positive": 1, "1": 1, "neg": 0, "negative": 0, "0": 0, "-1": -1, "neutral": -1}
+
+
 def normalise(ds: Dataset, where: str) -> Dataset:
     """Map common column names onto this project's three shapes; a file that fits none is an error."""
     cols = set(ds.column_names)
@@ -295,20 +299,37 @@ def normalise(ds: Dataset, where: str) -> Dataset:
         raise CorpusError(f"{where}: no usable columns (found {sorted(cols)}); expected 'text' for a language "
                           "model, 'text' with 'label' or 'rating' for sentiment, or 'context' and 'response'")
     if "label" in cols or "rating" in cols:
-        def fix(r):
-            rating = float(r["rating"]) if r.get("rating") is not None else None
-            label = r.get("label")
+        def fix(r, i):
+            def bad(column: str, why: str):
+                return CorpusError(f"{where}: data row {i + 1}, column {column!r}: {why}")
+
+            rating, label = r.get("rating"), r.get("label")
+            if isinstance(rating, str):
+                rating = rating.strip() or None
+            rating = None if isinstance(rating, float) and math.isnan(rating) else rating  # an empty CSV cell
+            label = None if isinstance(label, float) and math.isnan(label) else label
+            if rating is not None:
+                try:
+                    rating = float(rating)
+                except (TypeError, ValueError):
+                    raise bad("rating", f"{rating!r} is not a number") from None
+                if not math.isfinite(rating):
+                    raise bad("rating", f"{rating!r} is not a finite number")
             if isinstance(label, str):
-                label = {"pos": 1, "positive": 1, "1": 1, "neg": 0, "negative": 0, "0": 0, "-1": 0}.get(
-                    label.strip().lower(), -1)
+                text = label.strip().lower()
+                label = None if not text else LABEL_NAMES.get(text)
+                if text and label is None:
+                    raise bad("label", f"{r['label']!r} is not a label (use 1/0, pos/neg or positive/negative)")
             if label is None:
+                if rating is None:
+                    raise bad("label", "empty, and the row has no rating to take it from")
                 label = 1 if rating > 0 else 0 if rating < 0 else -1
+            if isinstance(label, float) and not label.is_integer() or int(label) not in (-1, 0, 1):
+                raise bad("label", f"{label!r} is not 0/1 (or -1 for neutral)")
             label = int(label)
-            if label < -1 or label > 1:
-                raise CorpusError(f"{where}: label {label!r} is not 0/1 (or -1 for neutral)")
             return {"label": label, "rating": rating if rating is not None else (1.0 if label == 1 else -1.0),
                     "domain": r.get("domain") or Path(where).stem}
-        return ds.map(fix)
+        return ds.map(fix, with_indices=True)
     return ds.select_columns(["text"])
 
 

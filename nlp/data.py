@@ -34,7 +34,9 @@ def batchify(stream: Tensor, batch_size: int) -> Tensor:
     """(N,) -> (B, N // B): column b holds one contiguous stretch of the text."""
     n = stream.numel() // batch_size
     if n < 2:
-        raise ValueError(f"too little text ({stream.numel()} tokens) for batch size {batch_size}")
+        from nlp.corpora import CorpusError
+
+        raise CorpusError(f"too little text ({stream.numel()} tokens) for batch size {batch_size}")
     return stream[: n * batch_size].view(batch_size, n)
 
 

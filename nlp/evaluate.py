@@ -28,10 +28,10 @@ import torch
 from nlp import data as D
 from nlp import metrics as M
 from nlp import ranking as R
-from nlp.checkpoint import METRICS, Checkpoint, write_json
-from nlp.corpora import load_corpus, task_of, words_in
+from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, write_json
+from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
-from nlp.serve import classify, default_decoding, ranking_weights
+from nlp.serve import NEUTRAL, VERDICTS, NeutralRule, classify, default_decoding, ranking_weights
 from nlp.tokenizer import EOS
 
 
@@ -101,15 +101,19 @@ def sentiment_baselines(train, test) -> dict:
     out = {"naive_bayes_bow": {k: v for k, v in M.classification(
         [nb.classify(_nb_features(t)) for t in texts], labels).items() if k != "confusion"}}
     try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        out["vader_lexicon"] = {k: v for k, v in M.classification(vader_labels(texts), labels).items()
+                                if k != "confusion"}
     except ImportError:
         out["vader_lexicon"] = {"skipped": "pip install vaderSentiment==3.3.2"}
-        return out
-    sia = SentimentIntensityAnalyzer()
-    compound = [sia.polarity_scores(t)["compound"] for t in texts]
-    out["vader_lexicon"] = {k: v for k, v in M.classification([int(c >= 0) for c in compound], labels).items()
-                            if k != "confusion"}
     return out
+
+
+def vader_labels(texts: list[str]) -> list[int]:
+    """The VADER lexicon's label (compound score >= 0 is positive); needs vaderSentiment."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    return [int(sia.polarity_scores(t)["compound"] >= 0) for t in texts]
 
 
 def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tuple[dict, dict]:
@@ -119,6 +123,8 @@ def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tu
     metrics = M.classification([results[i]["label"] for i in keep], [ds["label"][i] for i in keep])
     if results and "rating" in results[0]:
         metrics["pearson"] = M.pearson([r["rating"] for r in results], list(ds["rating"]))
+    if results and "rating" in results[0] and "neutral" in ck.config:
+        metrics["three_way"] = three_way(results, list(ds["rating"]))
     domains = sorted(set(ds["domain"]))
     if len(domains) > 1:
         metrics["by_domain"] = {}
@@ -127,6 +133,73 @@ def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tu
             m = M.classification([results[i]["label"] for i in idx], [ds["label"][i] for i in idx])
             metrics["by_domain"][d] = {k: m[k] for k in ("accuracy", "macro_f1", "n")}
     return metrics, sentiment_baselines(dd["train"], ds)
+
+
+NEUTRAL_BAND = 0.5  # a mean human rating within 0.5 of 0 (VADER's -4..+4 scale) counts as neutral / mixed
+PROBE = Path(__file__).resolve().parent.parent / "scripts" / "sentiment_probe.jsonl"
+
+
+def three_way_truth(rating: float) -> int:
+    """0 negative, 1 positive, 2 neutral / mixed (the VERDICTS order)."""
+    return 2 if abs(rating) < NEUTRAL_BAND else int(rating > 0)
+
+
+def three_way(results: list[dict], ratings: list[float]) -> dict:
+    """The verdicts against the human ratings, neutral included: accuracy, macro-F1 of the three classes."""
+    preds = [VERDICTS.index(r["verdict"]) for r in results]
+    out = M.classification(preds, [three_way_truth(x) for x in ratings], num_classes=3)
+    return {**out, "neutral_band": NEUTRAL_BAND, "classes": list(VERDICTS)}
+
+
+def tune_sentiment(ck: Checkpoint, corpora: list[str], split: str = "validation") -> dict:
+    """Choose the NeutralRule on validation rows of `corpora` (pooled, neutral ratings kept) by the macro-F1 of
+    the three verdicts."""
+    if split == "test":
+        raise CorpusError("tune on validation (or train) data: the test split is read once, for the report")
+    texts, ratings = [], []
+    for name in corpora:
+        ds = load_corpus(name)[split]
+        texts += list(ds["text"])
+        ratings += list(ds["rating"])
+    base = classify(ck, texts, rule=NeutralRule())
+    if not base or "rating" not in base[0]:
+        raise CheckpointError("the neutral rule needs a model with a rating head")
+    grid = []
+    for rating_below in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5):
+        for probability_below in (0.5, 0.6, 0.7, 0.8, 0.9):
+            for disagree in (False, True):
+                rule = NeutralRule(rating_below, probability_below, disagree)
+                for r in base:
+                    r["verdict"] = rule.verdict(r["label"], r["probability"], r["rating"])
+                m = three_way(base, ratings)
+                grid.append({**rule.as_dict(), "macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
+                             "neutral_rate": sum(r["verdict"] == NEUTRAL for r in base) / len(base)})
+    best = max(grid, key=lambda g: round(g["macro_f1"], 4))  # the first of equals: the fewest neutrals
+    rule = NeutralRule(best["rating_below"], best["probability_below"], best["disagree"])
+    return {"neutral": rule.as_dict(), "tuned_on": {"corpora": corpora, "split": split, "rows": len(texts),
+                                                    "neutral_band": NEUTRAL_BAND, "macro_f1": best["macro_f1"]},
+            "grid": grid}
+
+
+def probe_sentiment(ck: Checkpoint, path: Path = PROBE) -> dict:
+    """Accuracy of the binary label on a probe file (jsonl rows {"text", "label", "kind"}), overall and by
+    kind, with the misses."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    results = classify(ck, [r["text"] for r in rows])
+    hits = [res["label"] == r["label"] for r, res in zip(rows, results)]
+    kinds = sorted({r.get("kind", "") for r in rows})
+    try:
+        vader = vader_labels([r["text"] for r in rows])
+        baselines = {"vader_lexicon": sum(v == r["label"] for v, r in zip(vader, rows)) / max(len(rows), 1)}
+    except ImportError:
+        baselines = {}
+    return {"file": str(path), "n": len(rows), "accuracy": sum(hits) / max(len(rows), 1), "baselines": baselines,
+            "by_kind": {k: {"n": sum(r.get("kind", "") == k for r in rows),
+                            "accuracy": sum(h for r, h in zip(rows, hits) if r.get("kind", "") == k)
+                            / max(1, sum(r.get("kind", "") == k for r in rows))} for k in kinds},
+            "misses": [{"text": r["text"], "label": r["label"], "predicted": res["label"],
+                        "probability": round(res["probability"], 3), "verdict": res["verdict"]}
+                       for r, res, h in zip(rows, results, hits) if not h]}
 
 
 # --------------------------------------------------------------------------- chat
@@ -296,12 +369,12 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     Returns {"decoding": the chosen entry, "grid": every Hits@1, "f1": F1 per candidate count}."""
     dd = load_corpus(corpus)
     if split == "test":
-        raise ValueError("tune on validation (or train) data: the test split is read once, for the report")
+        raise CorpusError("tune on validation (or train) data: the test split is read once, for the report")
     ds, examples, _ = chat_rows(ck, dd, split, max_examples, seed)
     model = ck.model
     k = min(RANK_CANDIDATES, len(examples))
     if k < 2:
-        raise ValueError(f"{corpus}:{split} has too few rows to rank")
+        raise CorpusError(f"{corpus}:{split} has too few rows to rank")
     cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
     comp, prior = ranking_components(model, examples, cands, prior=True)
     truth_t = torch.tensor(truth)
@@ -337,9 +410,9 @@ def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int
              gen: GenerationConfig | None = None, seed: int = 0) -> dict:
     dd = load_corpus(corpus)
     if task_of(dd) != ck.task:
-        raise ValueError(f"{corpus} is a {task_of(dd)} corpus; the checkpoint is a {ck.task} model")
+        raise CorpusError(f"{corpus} is a {task_of(dd)} corpus; the checkpoint is a {ck.task} model")
     if split not in dd:
-        raise ValueError(f"{corpus} has no split {split!r} (it has {list(dd)})")
+        raise CorpusError(f"{corpus} has no split {split!r} (it has {list(dd)})")
     gen = gen or default_decoding(ck)
     metrics, baselines = EVALUATORS[ck.task](ck, dd, split, max_examples, gen=gen, seed=seed)
     result = {"task": ck.task, "corpus": corpus, "split": split, "checkpoint": str(ck.path),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -201,9 +201,44 @@ def continue_text(ck: Checkpoint, prompt: str, cfg: GenerationConfig,
     return gen
 
 
+NEUTRAL = "neutral / mixed"
+VERDICTS = ("negative", "positive", NEUTRAL)
+
+
+@dataclass(frozen=True)
+class NeutralRule:
+    """When the classifier's binary label is not the whole story: the verdict is "neutral / mixed" when the
+    rating head is near zero, the label's probability is low, or (disagree) the rating's sign contradicts
+    the label. The thresholds are chosen on validation data (`python -m nlp tune-sentiment`) and stored in
+    the checkpoint's config.json under "neutral"; the default never says neutral."""
+    rating_below: float = 0.0
+    probability_below: float = 0.5
+    disagree: bool = False
+
+    @classmethod
+    def of(cls, ck: Checkpoint) -> NeutralRule:
+        stored = ck.config.get("neutral") or {}
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
+    def verdict(self, label: int, probability: float, rating: float | None = None) -> str:
+        if probability < self.probability_below:
+            return NEUTRAL
+        if rating is not None and (abs(rating) < self.rating_below
+                                   or (self.disagree and (rating > 0) != (label == 1))):
+            return NEUTRAL
+        return VERDICTS[label]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @torch.no_grad()
-def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: int = 64) -> list[dict]:
-    """Label, probability, rating and per-token attention for each text (in input order)."""
+def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: int = 64,
+             rule: NeutralRule | None = None) -> list[dict]:
+    """Label, probability, rating, verdict (positive / negative / neutral / mixed, by the checkpoint's
+    NeutralRule unless `rule` is given) and per-token attention for each text (in input order)."""
+    rule = rule or NeutralRule.of(ck)
     device = next(ck.model.parameters()).device
     encoded = [ids[:max_len] or [EOS] for ids in ck.tokenizer.encode_batch(texts)]
     out: list[dict] = []
@@ -218,5 +253,6 @@ def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: i
                     "attention": r["attention"][i, : len(seq)].cpu().tolist()}
             if "rating" in r:
                 item["rating"] = float(r["rating"][i]) * 4  # trained on rating / 4
+            item["verdict"] = rule.verdict(item["label"], item["probability"], item.get("rating"))
             out.append(item)
     return out

@@ -25,6 +25,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
+import datasets
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,9 +33,10 @@ from tqdm import tqdm
 
 from nlp import checkpoint as ckpt
 from nlp import data as D
+from nlp.augment import augment
 from nlp.config import TrainConfig, resolve_config
 from nlp.corpora import CorpusError, load_corpus, source_of, task_of
-from nlp.models import build_model, token_nll
+from nlp.models import ConfigError, build_model, token_nll
 from nlp.tokenizer import PAD, SEP, Tokenizer, corpus_texts, train_tokenizer
 
 
@@ -167,10 +169,21 @@ class Trainer:
             self.train_data = D.chat_examples(self.data["train"], *args)
             self.val_data = D.chat_examples(self.data["validation"], *args)
         else:
-            self.train_data = D.sentiment_examples(self.data["train"], tok, cfg.max_len)
+            train = self.data["train"]
+            if cfg.negation_augment:
+                blank = dict.fromkeys(train.column_names)  # columns the rules do not write (an id) stay empty
+                extra = [{**blank, **r} for r in augment(list(train), cfg.negation_augment, seed=cfg.seed)]
+                train = datasets.concatenate_datasets([train, datasets.Dataset.from_list(extra,
+                                                                                          features=train.features)])
+                if self.rank == 0:
+                    print(f"negation augmentation: {len(extra)} extra training sentences", file=sys.stderr)
+            self.train_data = D.sentiment_examples(train, tok, cfg.max_len)
             self.val_data = D.sentiment_examples(self.data["validation"], tok, cfg.max_len)
         if not len(self.train_data):
             raise CorpusError("no training examples after tokenization")
+        if not len(self.val_data):  # an empty one would read as a perfect validation loss of 0.0
+            raise CorpusError(f"no validation examples after tokenization (the corpus's validation split has "
+                              f"{len(self.data['validation'])} rows): model choice needs validation data")
 
     def epoch_batches(self, epoch: int) -> list:
         """This process's batches for an epoch: the same seeded order everywhere, so --resume can skip ahead."""
@@ -221,7 +234,7 @@ class Trainer:
         The schedule scales every group alike."""
         c = self.cfg
         if c.init_lr_scale < 0:
-            raise ValueError(f"init_lr_scale must be >= 0 (0 freezes the copied weights), got {c.init_lr_scale}")
+            raise ConfigError(f"init_lr_scale must be >= 0 (0 freezes the copied weights), got {c.init_lr_scale}")
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         copied = [p for n, p in named if n in self.pretrained]
         params = [p for _, p in named]
@@ -232,7 +245,7 @@ class Trainer:
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        raise ValueError(f"optimizer must be adamw or sgd, got {c.optimizer!r}")
+        raise ConfigError(f"optimizer must be adamw or sgd, got {c.optimizer!r}")
 
     def total_steps(self) -> int:
         per_epoch = len(self.epoch_batches(0))
@@ -246,7 +259,7 @@ class Trainer:
         if c.schedule == "constant":
             return None
         if c.schedule != "cosine":
-            raise ValueError(f"schedule must be cosine, plateau or constant, got {c.schedule!r}")
+            raise ConfigError(f"schedule must be cosine, plateau or constant, got {c.schedule!r}")
         total, warm = max(1, self.total_steps()), c.warmup_steps
 
         def factor(step: int) -> float:

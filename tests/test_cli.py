@@ -46,17 +46,28 @@ def test_sentiment_texts_and_file(trained, tmp_path, capsys):
     assert all(r["label"] in (0, 1) and 0.5 <= r["probability"] <= 1 for r in rows)
 
 
-def test_eval_writes_metrics_json(trained, capsys):
-    assert main(["eval", "--checkpoint", str(trained["sentiment"]), "--corpus", str(SENTIMENT), "--json"]) == 0
+def test_eval_writes_metrics_json_only_with_record(trained, tmp_path, capsys):
+    import shutil
+
+    ck = shutil.copytree(trained["sentiment"], tmp_path / "sent")
+    (ck / "metrics.json").unlink(missing_ok=True)
+    args = ["eval", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--json"]
+    assert main(args + ["--max-examples", "16"]) == 0  # a quick check never touches the published numbers
+    quick = json.loads(capsys.readouterr().out)
+    assert quick["max_examples"] == 16 and not (ck / "metrics.json").exists()
+    assert main(args + ["--output", str(tmp_path / "out.json")]) == 0
+    assert json.loads((tmp_path / "out.json").read_text()) == json.loads(capsys.readouterr().out)
+    assert not (ck / "metrics.json").exists()
+    assert main(args + ["--record"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= {"task", "corpus", "split", "checkpoint", "metrics", "baselines"}
-    stored = json.loads((trained["sentiment"] / "metrics.json").read_text())
+    stored = json.loads((ck / "metrics.json").read_text())
     assert stored[f"{SENTIMENT}:test"]["metrics"]["accuracy"] == result["metrics"]["accuracy"]
 
 
 def test_eval_tag_keeps_results_of_two_decodings_side_by_side(trained, capsys):
     common = ["eval", "--checkpoint", str(trained["chat"]), "--corpus", str(CHAT), "--max-examples", "8",
-              "--max-new-tokens", "6"]
+              "--max-new-tokens", "6", "--record"]
     assert main(common + ["--strategy", "greedy", "--tag", "greedy"]) == 0
     assert main(common + ["--temperature", "0.8", "--top-p", "0.9"]) == 0
     capsys.readouterr()
@@ -97,7 +108,7 @@ def test_every_option_has_help():
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             parsers += list(action.choices.values())
-    assert len(parsers) == 9
+    assert len(parsers) == 11
     for parser in parsers:
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
@@ -135,3 +146,43 @@ def test_generate_prints_readable_text_and_raw_tokens_on_request(trained, capsys
     assert raw.startswith("In 1851 , the whale")
     assert main(args) == 0
     assert capsys.readouterr().out == detokenize_wikitext(raw.rstrip("\n")) + "\n"
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("text,label\ngood,1\nbad,\n", "data row 2, column 'label': empty"),
+    ("text,label\ngood,1\nbad,maybe\n", "data row 2, column 'label': 'maybe' is not a label"),
+    ("text,rating\ngood,2.5\nbad,lots\n", "data row 2, column 'rating': 'lots' is not a number"),
+    ("text,label\ngood,1\nbad,7\n", "data row 2, column 'label': 7 is not 0/1"),
+])
+def test_a_bad_cell_in_a_training_file_is_named_by_row_and_column(tmp_path, capsys, rows, message):
+    f = tmp_path / "rows.csv"
+    f.write_text(rows)
+    assert main(["train", "--task", "sentiment", "--corpus", str(f), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_arguments_exit_2_with_one_line(trained, tmp_path, capsys):
+    assert main(["sentiment", "--checkpoint", str(trained["sentiment"]), "--file", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a file" in err and len(err.strip().splitlines()) == 1
+    for args, message in (
+            (["eval", "--checkpoint", str(trained["lm"]), "--corpus", "wikitext2", "--max-examples", "-1"],
+             "must be at least 0, got -1"),
+            (["generate", "--checkpoint", str(trained["lm"]), "--num-samples", "0"], "must be at least 1, got 0"),
+            (["generate", "--checkpoint", str(trained["lm"]), "--max-new-tokens", "many"], "not a whole number")):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err, err
+
+
+def test_an_unexpected_failure_is_reported_as_a_bug_not_as_bad_input(trained, monkeypatch, capsys):
+    import nlp.serve
+
+    def broken(*a, **kw):
+        raise ValueError("an internal mistake")
+    monkeypatch.setattr(nlp.serve, "classify", broken)
+    assert main(["sentiment", "--checkpoint", str(trained["sentiment"]), "fine"]) == 1
+    err = capsys.readouterr().err
+    assert "an internal mistake" in err and "this is a bug" in err and "Traceback" in err

@@ -198,7 +198,9 @@ def test_tune_chat_chooses_on_validation_and_the_choice_becomes_the_default(trai
     folder = tmp_path / "chat"
     shutil.copytree(trained["chat"], folder)
     ck = load_checkpoint(folder)
-    with pytest.raises(ValueError, match="test split"):
+    from nlp.corpora import CorpusError
+
+    with pytest.raises(CorpusError, match="test split"):
         tune_chat(ck, str(CHAT), "test")
     assert main(["tune-chat", "--checkpoint", str(folder), "--corpus", str(CHAT), "--max-examples", "25",
                  "--write"]) == 0

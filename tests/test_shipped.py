@@ -98,9 +98,10 @@ def test_lm_clears_its_bar():
 
 @pytest.mark.parametrize("task,corpus", [("lm", "wikitext2"), ("sentiment", "vader-movies")])
 def test_stored_metrics_belong_to_the_shipped_weights(task, corpus, tmp_path, capsys):
-    """Re-run the README's command on a copy (eval rewrites the folder's metrics.json) and compare."""
+    """Re-run the README's command on a copy (--record rewrites the folder's metrics.json) and compare."""
     copy = shutil.copytree(SHIPPED / task, tmp_path / task)
-    assert main(["eval", "--checkpoint", str(copy), "--corpus", corpus, "--split", "test", "--json"]) == 0
+    assert main(["eval", "--checkpoint", str(copy), "--corpus", corpus, "--split", "test", "--json",
+                 "--record"]) == 0
     capsys.readouterr()
     key = f"{corpus}:test"
     again = json.loads((copy / "metrics.json").read_text())[key]["metrics"]

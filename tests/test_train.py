@@ -179,6 +179,16 @@ def test_wrong_corpus_for_the_task_is_a_clear_error(tokenizer):
         Trainer(resolve_config(["--task", "chat", "--corpus", str(LM_TEXT), "--tokenizer", str(tokenizer.path)]))
 
 
+def test_an_empty_validation_split_is_an_error_not_a_perfect_score(tmp_path, tokenizer):
+    from nlp.corpora import CorpusError
+
+    two = tmp_path / "two.jsonl"  # two rows: both go to train, none to validation
+    two.write_text('{"text": "good film", "label": 1}\n{"text": "bad film", "label": 0}\n')
+    with pytest.raises(CorpusError, match="no validation examples"):
+        Trainer(resolve_config(["--task", "sentiment", "--corpus", str(two), "--tokenizer", str(tokenizer.path),
+                                "--out", str(tmp_path / "out")]))
+
+
 def test_lm_gru_with_adaptive_softmax_trains(tmp_path, tokenizer):
     out = tmp_path / "g"
     r = train_tiny("lm", out, tokenizer.path, "--max-steps", "5", "--model.rnn_type", "gru",

@@ -174,7 +174,7 @@ def test_hostile_sentiment_input(checkpoints, text):
     elif not text.replace("\x00", "").strip():
         assert at.warning
     else:
-        assert at.metric[0].value in ("positive", "negative")
+        assert at.metric[0].value in ("positive", "negative", "neutral / mixed")
         shaded = [m.value for m in at.markdown if "<span" in m.value][0]
         assert "<script" not in shaded and "<s" not in shaded.replace("<span", "").replace("</span", "")
         assert "\x00" not in shaded
@@ -190,7 +190,8 @@ def test_batch_upload_gives_one_row_per_text(checkpoints):
     assert not at.dataframe and "Choose which" in at.info[0].value
     at.selectbox[0].set_value("review").run()
     table = at.dataframe[0].value
-    assert len(table) == 25 and list(table.columns)[:3] == ["text", "label", "probability"]
+    assert len(table) == 25 and list(table.columns)[:4] == ["text", "verdict", "label", "probability"]
+    assert set(table["verdict"]) <= {"positive", "negative", "neutral / mixed"}
     assert at.download_button[0].label.startswith("Download")
     at.file_uploader[0].upload("lines.txt", b"good\n\nbad\nfine\n", "text/plain").run()
     assert len(at.dataframe[0].value) == 3
@@ -227,7 +228,8 @@ def test_the_download_keeps_every_uploaded_column_and_adds_the_predictions(check
     import pandas as pd
     frame = pd.read_csv(io.BytesIO(got["csv"]))
     assert list(frame.columns)[:3] == ["id", "text", "stars"]
-    assert {"predicted_label", "predicted_probability"} <= set(frame.columns) and len(frame) == 2
+    assert {"predicted_verdict", "predicted_label", "predicted_probability"} <= set(frame.columns)
+    assert len(frame) == 2
 
 
 def significant_digits(number: str) -> int:
@@ -334,3 +336,15 @@ def test_the_page_icon_ships_with_the_app():
     assert Image.open(icon).size == (128, 128)
     assert 'page_icon=str(ICON)' in (WEBAPP / "app.py").read_text() and ":material/" not in \
         (WEBAPP / "app.py").read_text().split("page_icon")[1].split(")")[0]
+
+
+def test_the_served_app_hides_tracebacks_from_visitors():
+    import tomllib
+
+    from streamlit import config
+
+    config_file = WEBAPP.parent / ".streamlit" / "config.toml"
+    value = tomllib.loads(config_file.read_text())["client"]["showErrorDetails"]
+    assert value == "none"
+    config.set_option("client.showErrorDetails", value)  # a value this Streamlit accepts
+    assert config.get_option("client.showErrorDetails") == "none"

@@ -9,7 +9,7 @@ from ui import RECIPES, checkpoints_dir, load_cached
 
 st.title("Models")
 st.caption("Every number here comes from the files in the checkpoint folder: its training log and the "
-           "metrics.json that `python -m nlp eval` wrote.")
+           "metrics.json that `python -m nlp eval --record` wrote.")
 
 CONTEXT_CURVES = {"val_context_gain": "context gain (nats a token)",
                   "val_rank_accuracy": "next-reply accuracy (in a batch)"}

@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from nlp.serve import classify, strip_control
+from nlp.serve import NEUTRAL, NeutralRule, classify, strip_control
 from ui import MAX_SENTENCE_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, model_or_stop, plain
 
 LABELS = {0: "negative", 1: "positive"}
@@ -15,8 +15,15 @@ LABELS = {0: "negative", 1: "positive"}
 st.title("Sentiment")
 ck = model_or_stop("sentiment")
 st.caption("A BiLSTM with attention pooling, trained on rated movie reviews, tweets, product reviews and "
-           "newspaper editorials. It gives a label, its probability, and a rating from -4 (very negative) "
-           "to +4 (very positive).")
+           "newspaper editorials. It gives a verdict, the probability of its label, and a rating from -4 "
+           "(very negative) to +4 (very positive).")
+rule = NeutralRule.of(ck)
+if "neutral" in ck.config:
+    st.caption(f"The verdict is *{NEUTRAL}* when the rating is within ±{rule.rating_below:g} of zero"
+               + (f" or the label's probability is under {rule.probability_below:g}"
+                  if rule.probability_below > 0.5 else "")
+               + (" or the rating contradicts the label" if rule.disagree else "")
+               + " (thresholds chosen on validation sentences).")
 
 
 def shaded(tokens: list[str], weights: list[float]) -> str:
@@ -43,7 +50,8 @@ with single:
                 st.caption(f"{removed} control character(s) were removed.")
             r = classify(ck, [clean])[0]
             c1, c2, c3 = st.columns(3)
-            c1.metric("Label", LABELS[r["label"]])
+            c1.metric("Verdict", r["verdict"],
+                      help=f"leans {LABELS[r['label']]}" if r["verdict"] == NEUTRAL else None)
             c2.metric("Probability", f"{r['probability']:.2f}")
             if "rating" in r:
                 c3.metric("Rating (-4 .. +4)", f"{r['rating']:+.2f}")
@@ -93,14 +101,15 @@ with batch:
                     st.stop()
                 texts = [strip_control(str(t))[0][:MAX_SENTENCE_CHARS] for t in frame[column]]
                 results = classify(ck, texts)
-                predicted = {"label": [LABELS[r["label"]] for r in results],
+                predicted = {"verdict": [r["verdict"] for r in results],
+                             "label": [LABELS[r["label"]] for r in results],
                              "probability": [round(r["probability"], 4) for r in results]}
                 if results and "rating" in results[0]:
                     predicted["rating"] = [round(r["rating"], 3) for r in results]
                 out = pd.DataFrame({"text": frame[column], **predicted})
                 st.dataframe(out, width="stretch", hide_index=True)
-                counts = out["label"].value_counts().rename_axis("label").reset_index(name="count")
-                st.altair_chart(alt.Chart(counts).mark_bar().encode(x="label:N", y="count:Q", color="label:N"),
+                counts = out["verdict"].value_counts().rename_axis("verdict").reset_index(name="count")
+                st.altair_chart(alt.Chart(counts).mark_bar().encode(x="verdict:N", y="count:Q", color="verdict:N"),
                                 width="stretch")
                 download = frame.copy()  # every uploaded column, then the predictions
                 for name, values in predicted.items():

@@ -1,0 +1,106 @@
+"""Negation-aware augmentation of sentiment training sentences.
+
+A classifier trained on rated sentences sees few negations ("not bad", "isn't funny") and few sentences whose
+clauses disagree ("predictable, but the acting saves it"), so it learns that "bad" is negative and "good"
+positive whatever surrounds them. This module writes extra training sentences from the training split itself,
+with rules whose effect on the label is known:
+
+  negate     the sentence's one copula or modal gets a "not" ("the film is funny" -> "the film is not funny"),
+             or loses the one it has ("isn't funny" -> "is funny"); the label flips. A negated rating is
+             weaker than the original ("not good" is milder than "bad"), so the rating becomes -0.5 x the old.
+  contrast   two sentences of the same domain with opposite labels joined by "but": the clause after "but"
+             carries the sentence ("A, but B" takes B's label; VADER's own rule weights the part after "but"
+             1.5x), with 0.75 x B's rating.
+
+Only short, clearly rated, one-clause sentences (|rating| >= 1, at most 20 words, no "but", "so", "because"
+...) with no other negation are used, so the rule's label is right as often as possible; even so a rule is
+sometimes wrong ("I can say much about it"), so these rows are a minority of the data. Nothing here reads the
+probe set (scripts/sentiment_probe.jsonl) or any validation or test row.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+COPULAS = ("is", "was", "are", "were", "am", "will", "would", "can", "could", "should", "must")
+NEGATED = {"isn't": "is", "wasn't": "was", "aren't": "are", "weren't": "were", "won't": "will",
+           "wouldn't": "would", "can't": "can", "couldn't": "could", "shouldn't": "should", "don't": "do",
+           "doesn't": "does", "didn't": "did"}
+OTHER_NEGATIONS = {"no", "never", "nothing", "nobody", "none", "neither", "nor", "hardly", "without", "barely",
+                   "n't", "cannot", "nowhere", "scarcely", "lack", "lacks", "lacking"}
+CLAUSE_WORDS = {"but", "yet", "although", "though", "however", "so", "because", "while", "whereas", "if",
+                "unless", "until", "despite", "except"}
+MAX_WORDS = 20
+MIN_RATING = 1.0
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def negate(text: str) -> str | None:
+    """The sentence with its one negation removed or its one copula/modal negated; None when the rule does
+    not apply cleanly (no or several candidates, other negation words, too long)."""
+    words = _words(text)
+    if not words or len(words) > MAX_WORDS or (OTHER_NEGATIONS | CLAUSE_WORDS) & set(words):
+        return None  # one clause only: in "I can't see it, so I'm confused" the negation is not the point
+    contracted = [w for w in words if w in NEGATED]
+    nots = words.count("not")
+    copulas = [w for w in words if w in COPULAS]
+    if len(contracted) + nots == 1:
+        if contracted:
+            word = contracted[0]
+            match = re.search(rf"\b{re.escape(word)}\b", text, flags=re.IGNORECASE)
+            return text[:match.start()] + _same_case(NEGATED[word], match.group()) + text[match.end():]
+        match = re.search(rf"\b({'|'.join(COPULAS)})\s+not\b", text, flags=re.IGNORECASE)
+        return text[:match.start()] + match.group(1) + text[match.end():] if match else None
+    if len(contracted) + nots == 0 and len(copulas) == 1:
+        match = re.search(rf"\b{copulas[0]}\b", text, flags=re.IGNORECASE)
+        if match is None:
+            return None
+        return text[:match.end()] + " not" + text[match.end():]
+    return None
+
+
+def _same_case(word: str, like: str) -> str:
+    return word.capitalize() if like[:1].isupper() else word
+
+
+def contrast(first: str, second: str) -> str:
+    """"first, but second": the first's end punctuation dropped, the second's first letter lowered."""
+    head = first.strip().rstrip(".!?;,: ")
+    tail = second.strip()
+    if tail[:1].isupper() and not re.match(r"^(I\b|I'|[A-Z]{2})", tail):
+        tail = tail[0].lower() + tail[1:]
+    return f"{head}, but {tail}"
+
+
+def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """Extra rows ({"text", "label", "rating", "domain"}) worth `fraction` of len(rows): half negations, half
+    contrasts (as many as the eligible sentences allow). The input rows are not changed."""
+    if fraction <= 0 or not rows:
+        return []
+    rng = random.Random(seed)
+    want = int(round(fraction * len(rows)))
+    clear = [r for r in rows if r["label"] in (0, 1) and abs(r["rating"]) >= MIN_RATING
+             and len(r["text"].split()) <= MAX_WORDS]
+    out = []
+    negatable = [(r, t) for r in clear if (t := negate(r["text"])) is not None]
+    rng.shuffle(negatable)
+    for r, text in negatable[: want // 2]:
+        out.append({"text": text, "label": 1 - r["label"], "rating": -0.5 * r["rating"], "domain": r.get("domain", "")})
+    by_domain: dict[str, dict[int, list[dict]]] = {}
+    for r in clear:
+        if len(r["text"].split()) <= 15 and not CLAUSE_WORDS & set(_words(r["text"])):
+            by_domain.setdefault(r.get("domain", ""), {0: [], 1: []})[r["label"]].append(r)
+    pools = [p for p in by_domain.values() if p[0] and p[1]]
+    for _ in range(want - len(out) if pools else 0):
+        pool = rng.choice(pools)
+        last = rng.randint(0, 1)
+        a, b = rng.choice(pool[1 - last]), rng.choice(pool[last])
+        out.append({"text": contrast(a["text"], b["text"]), "label": last, "rating": 0.75 * b["rating"],
+                    "domain": a.get("domain", "")})
+    return out

@@ -1,0 +1,115 @@
+"""Sentiment beyond the binary label: negation-aware augmentation, the neutral / mixed verdict chosen on
+validation data, and the negation/contrast probe set."""
+
+import json
+import shutil
+
+import pytest
+
+from nlp.__main__ import main
+from nlp.augment import augment, contrast, negate
+from nlp.serve import NEUTRAL, NeutralRule
+from tests.conftest import SENTIMENT, train_tiny
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The film is funny.", "The film is not funny."),
+    ("It isn't funny.", "It is funny."),
+    ("Isn't it lovely?", "Is it lovely?"),
+    ("The soup was not good.", "The soup was good."),
+    ("I don't like the ending.", "I do like the ending."),
+    ("You will love it.", "You will not love it."),
+])
+def test_negate_flips_the_one_negation_or_copula(text, expected):
+    assert negate(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "The film is funny and the cast is great.",       # two copulas: which one carries it is unclear
+    "It is never dull.",                               # another negation word
+    "I can't see it, so I'm confused.",                # two clauses
+    "Great acting.",                                   # nothing to negate
+    "It was not bad, it was not good.",                # two negations
+    " ".join(["word"] * 25) + " is long.",             # too long
+])
+def test_negate_refuses_what_it_cannot_flip_cleanly(text):
+    assert negate(text) is None
+
+
+def test_contrast_joins_with_but():
+    assert contrast("Great cast.", "The script is a mess.") == "Great cast, but the script is a mess."
+    assert contrast("Slow start!", "I loved the end.") == "Slow start, but I loved the end."
+
+
+def test_augment_labels_follow_the_rules_and_leave_the_input_alone():
+    rows = [{"text": f"The {w} film is {adj}.", "label": lab, "rating": 2.0 if lab else -2.0, "domain": "d"}
+            for w in ("first", "second", "third", "fourth", "fifth") for adj, lab in (("great", 1), ("awful", 0))]
+    rows.append({"text": "It is fine.", "label": 1, "rating": 0.4, "domain": "d"})  # too weakly rated to use
+    before = json.dumps(rows)
+    extra = augment(rows, 1.0, seed=3)
+    assert json.dumps(rows) == before and len(extra) == len(rows)
+    assert extra == augment(rows, 1.0, seed=3) and augment(rows, 0.0) == []
+    by_text = {r["text"]: r for r in rows}
+    negated = [e for e in extra if ", but " not in e["text"]]
+    joined = [e for e in extra if ", but " in e["text"]]
+    assert negated and joined and len(negated) == len(rows) // 2
+    for e in negated:
+        source = by_text[e["text"].replace(" not ", " ")]
+        assert e["label"] == 1 - source["label"] and e["rating"] == -0.5 * source["rating"]
+    for e in joined:
+        second = e["text"].split(", but ")[1]
+        source = by_text[second[0].upper() + second[1:]]
+        assert e["label"] == source["label"] != by_text[e["text"].split(", but ")[0] + "."]["label"]
+    assert all("fine" not in e["text"] for e in extra)
+
+
+def test_training_with_negation_augment_adds_rows(tokenizer, tmp_path, capsys):
+    train_tiny("sentiment", tmp_path / "aug", tokenizer.path, "--negation-augment", "0.3", "--max-steps", "2")
+    err = capsys.readouterr().err
+    assert "negation augmentation:" in err and int(err.split("negation augmentation: ")[1].split()[0]) > 0
+
+
+def test_neutral_rule_verdicts():
+    assert NeutralRule().verdict(1, 0.51, 0.01) == "positive"  # the default never says neutral
+    rule = NeutralRule(rating_below=0.5, probability_below=0.7, disagree=True)
+    assert rule.verdict(1, 0.9, 2.0) == "positive" and rule.verdict(0, 0.9, -2.0) == "negative"
+    assert rule.verdict(1, 0.9, 0.3) == NEUTRAL    # rating near zero
+    assert rule.verdict(1, 0.6, 2.0) == NEUTRAL    # unsure label
+    assert rule.verdict(0, 0.9, 1.5) == NEUTRAL    # rating contradicts the label
+    assert NeutralRule(disagree=False).verdict(0, 0.9, 1.5) == "negative"
+
+
+def test_tune_sentiment_writes_a_rule_that_classify_and_eval_use(trained, tmp_path, capsys):
+    ck = tmp_path / "sent"
+    shutil.copytree(trained["sentiment"], ck)
+    with pytest.raises(SystemExit):
+        main(["tune-sentiment", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--split", "test"])
+    capsys.readouterr()
+    assert main(["tune-sentiment", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--write"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    stored = json.loads((ck / "config.json").read_text())
+    assert stored["neutral"] == shown["neutral"] and stored["neutral_tuning"]["split"] == "validation"
+    assert main(["sentiment", "--checkpoint", str(ck), "--json", "great", "awful"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rule = NeutralRule(**stored["neutral"])
+    assert [r["verdict"] for r in rows] == [rule.verdict(r["label"], r["probability"], r["rating"]) for r in rows]
+    assert main(["eval", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--json", "--output",
+                 str(tmp_path / "m.json")]) == 0
+    three = json.loads(capsys.readouterr().out)["metrics"]["three_way"]
+    assert three["classes"] == ["negative", "positive", NEUTRAL] and 0 <= three["macro_f1"] <= 1
+
+
+def test_probe_set_is_balanced_and_the_probe_command_reports_by_kind(trained, capsys):
+    from nlp.evaluate import PROBE
+
+    rows = [json.loads(line) for line in PROBE.read_text().splitlines()]
+    kinds = {r["kind"] for r in rows}
+    assert len(rows) >= 40 and kinds == {"negation", "contrast"}
+    assert len({r["text"] for r in rows}) == len(rows)
+    for k in kinds:
+        labels = [r["label"] for r in rows if r["kind"] == k]
+        assert 0.4 <= sum(labels) / len(labels) <= 0.6
+    assert main(["probe-sentiment", "--checkpoint", str(trained["sentiment"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == len(rows) and set(result["by_kind"]) == kinds
+    assert len(result["misses"]) == round((1 - result["accuracy"]) * len(rows))
