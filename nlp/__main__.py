@@ -18,12 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from nlp.checkpoint import CheckpointError
-from nlp.corpora import CorpusError
-from nlp.decoding import GenerationConfig, GenerationError
-from nlp.models import ConfigError
-from nlp.serve import check_text
-from nlp.tokenizer import TokenizerError
+# only the error types at import time: `--help` and argument errors never wait for torch or datasets
+from nlp.errors import CheckpointError, ConfigError, CorpusError, GenerationError, TokenizerError
 
 
 def at_least(minimum: int):
@@ -65,8 +61,9 @@ GENERATION_FLAGS = ("strategy", "temperature", "top_k", "top_p", "min_p", "repet
                     "num_candidates")
 
 
-def generation_config(a: argparse.Namespace, ck, **extra) -> GenerationConfig:
-    """The checkpoint's default decoding with the flags that were given on top."""
+def generation_config(a: argparse.Namespace, ck, **extra):
+    """The checkpoint's default decoding (a GenerationConfig) with the flags that were given on top."""
+    from nlp.decoding import GenerationConfig
     from nlp.serve import default_decoding
 
     given = {k: getattr(a, k) for k in GENERATION_FLAGS if getattr(a, k, None) is not None}
@@ -204,7 +201,7 @@ def _task_of_checkpoint(path: str) -> str:
 
 def cmd_generate(a) -> int:
     from nlp.decoding import make_generator
-    from nlp.serve import continue_text, readable_stream
+    from nlp.serve import check_text, continue_text, readable_stream
 
     ck = load(a.checkpoint, "lm", a.impl)
     prompt = check_text(a.prompt, "prompt")
@@ -224,7 +221,7 @@ def cmd_generate(a) -> int:
 
 def cmd_chat(a) -> int:
     from nlp.decoding import make_generator
-    from nlp.serve import chat_reply
+    from nlp.serve import chat_reply, check_text
 
     ck = load(a.checkpoint, "chat", a.impl)
     cfg = generation_config(a, ck)
@@ -264,7 +261,7 @@ def cmd_chat(a) -> int:
 
 
 def cmd_sentiment(a) -> int:
-    from nlp.serve import classify
+    from nlp.serve import check_text, classify
 
     ck = load(a.checkpoint, "sentiment", a.impl)
     texts = list(a.text)

@@ -24,16 +24,13 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nlp.errors import CheckpointError
 from nlp.models import ConfigError, build_model
 from nlp.tokenizer import Tokenizer, TokenizerError
 
 FORMAT = 1
 WEIGHTS, CONFIG, TOKENIZER, METRICS, LOG = "model.safetensors", "config.json", "tokenizer.model", "metrics.json", \
     "train_log.jsonl"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, damaged or does not fit its config; the message says which and what to do."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:

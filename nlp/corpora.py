@@ -37,15 +37,13 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
+from nlp.errors import CorpusError
+
 SPLITS = ("train", "validation", "test")
 SEED = 1234  # the split seed; changing it changes every held-out set, so it is fixed here
 CONTEXT_TURNS = 8  # earlier turns kept with each chat pair (the model trims further)
 CACHE_VERSION = "v1"  # bump when a builder changes what it produces
 datasets.disable_progress_bars()  # the CLI prints its own progress; bars from a cache write are noise
-
-
-class CorpusError(Exception):
-    """A corpus could not be found, fetched, verified or read; the message says why in one line."""
 
 
 def cache_dir() -> Path:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from datasets import Dataset
 from torch import Tensor
 
+from nlp.errors import CorpusError
 from nlp.tokenizer import BOS, EOS, PAD, Tokenizer, join_turns
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 # --------------------------------------------------------------------------- language model
@@ -34,8 +38,6 @@ def batchify(stream: Tensor, batch_size: int) -> Tensor:
     """(N,) -> (B, N // B): column b holds one contiguous stretch of the text."""
     n = stream.numel() // batch_size
     if n < 2:
-        from nlp.corpora import CorpusError
-
         raise CorpusError(f"too little text ({stream.numel()} tokens) for batch size {batch_size}")
     return stream[: n * batch_size].view(batch_size, n)
 

@@ -26,13 +26,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from nlp.errors import GenerationError
 from nlp.tokenizer import BOS, EOS, Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
-
-
-class GenerationError(ValueError):
-    pass
 
 
 @dataclass

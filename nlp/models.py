@@ -19,14 +19,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nlp.attention import Attention
 from nlp.cells import Recurrent, step_stack
+from nlp.errors import ConfigError
 from nlp.tokenizer import PAD
 
 FUSED = {"lstm": nn.LSTM, "gru": nn.GRU}
 MODES = {"lstm": "LSTM", "gru": "GRU"}
-
-
-class ConfigError(ValueError):
-    pass
 
 
 # --------------------------------------------------------------------------- shared pieces

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from nlp.errors import TokenizerError
+
 PAD, UNK, BOS, EOS, SEP = 0, 1, 2, 3, 4
 SEP_PIECE = "<sep>"
 LITERAL_UNK = "<unk>"  # WikiText's own marker for rare words, kept as one ordinary symbol
-
-
-class TokenizerError(Exception):
-    pass
 
 
 class Tokenizer:

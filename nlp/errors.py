@@ -1,0 +1,25 @@
+"""The project's own error types: bad input, said in one line (the CLI prints it and exits 2).
+
+They live here, apart from the modules that raise them, so that importing them costs nothing: `python -m nlp
+--help` and the CLI's error handling need them before (or without) torch and datasets.
+"""
+
+
+class CorpusError(Exception):
+    """A corpus could not be found, fetched, verified or read; the message says why in one line."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, damaged or does not fit its config; the message says which and what to do."""
+
+
+class TokenizerError(Exception):
+    """The tokenizer model is missing or unreadable."""
+
+
+class GenerationError(ValueError):
+    """A prompt or decoding setting that cannot be used."""
+
+
+class ConfigError(ValueError):
+    """A model or training setting that cannot be used."""
