@@ -12,7 +12,7 @@ with rules whose effect on the label is known:
              carries the sentence ("A, but B" takes B's label; VADER's own rule weights the part after "but"
              1.5x), with 0.75 x B's rating.
 
-Only short, clearly rated, one-clause sentences (|rating| >= 1, at most 20 words, no "but", "so", "because"
+Only short, clearly rated, one-clause sentences (|rating| >= 1, at most 15 words, no "but", "so", "because"
 ...) with no other negation are used, so the rule's label is right as often as possible; even so a rule is
 sometimes wrong ("I can say much about it"), so these rows are a minority of the data. Nothing here reads the
 probe set (scripts/sentiment_probe.jsonl) or any validation or test row.
@@ -31,10 +31,11 @@ OTHER_NEGATIONS = {"no", "never", "nothing", "nobody", "none", "neither", "nor",
                    "n't", "cannot", "nowhere", "scarcely", "lack", "lacks", "lacking"}
 CLAUSE_WORDS = {"but", "yet", "although", "though", "however", "so", "because", "while", "whereas", "if",
                 "unless", "until", "despite", "except"}
-MAX_WORDS = 20
+MAX_WORDS = 15
 MIN_RATING = 1.0
 
 _WORD = re.compile(r"[A-Za-z']+")
+_SENTENCES = re.compile(r"[.!?;]\s+\S")  # a second sentence follows: "Not lazy writing. Kids deserve better."
 
 
 def _words(text: str) -> list[str]:
@@ -45,7 +46,8 @@ def negate(text: str) -> str | None:
     """The sentence with its one negation removed or its one copula/modal negated; None when the rule does
     not apply cleanly (no or several candidates, other negation words, too long)."""
     words = _words(text)
-    if not words or len(words) > MAX_WORDS or (OTHER_NEGATIONS | CLAUSE_WORDS) & set(words):
+    if (not words or len(words) > MAX_WORDS or (OTHER_NEGATIONS | CLAUSE_WORDS) & set(words)
+            or _SENTENCES.search(text)):
         return None  # one clause only: in "I can't see it, so I'm confused" the negation is not the point
     contracted = [w for w in words if w in NEGATED]
     nots = words.count("not")
@@ -79,8 +81,8 @@ def contrast(first: str, second: str) -> str:
 
 
 def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
-    """Extra rows ({"text", "label", "rating", "domain"}) worth `fraction` of len(rows): half negations, half
-    contrasts (as many as the eligible sentences allow). The input rows are not changed."""
+    """Extra rows ({"text", "label", "rating", "domain"}), at most `fraction` of len(rows): half negations (as
+    many as the eligible sentences allow), as many contrasts. The input rows are not changed."""
     if fraction <= 0 or not rows:
         return []
     rng = random.Random(seed)
@@ -94,10 +96,11 @@ def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
         out.append({"text": text, "label": 1 - r["label"], "rating": -0.5 * r["rating"], "domain": r.get("domain", "")})
     by_domain: dict[str, dict[int, list[dict]]] = {}
     for r in clear:
-        if len(r["text"].split()) <= 15 and not CLAUSE_WORDS & set(_words(r["text"])):
+        if len(r["text"].split()) <= 15 and not CLAUSE_WORDS & set(_words(r["text"])) \
+                and not _SENTENCES.search(r["text"]):
             by_domain.setdefault(r.get("domain", ""), {0: [], 1: []})[r["label"]].append(r)
     pools = [p for p in by_domain.values() if p[0] and p[1]]
-    for _ in range(want - len(out) if pools else 0):
+    for _ in range(len(out) if pools else 0):  # as many contrasts as negations: neither lesson dominates
         pool = rng.choice(pools)
         last = rng.randint(0, 1)
         a, b = rng.choice(pool[1 - last]), rng.choice(pool[last])

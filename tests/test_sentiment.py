@@ -31,6 +31,7 @@ def test_negate_flips_the_one_negation_or_copula(text, expected):
     "Great acting.",                                   # nothing to negate
     "It was not bad, it was not good.",                # two negations
     " ".join(["word"] * 25) + " is long.",             # too long
+    "This is lazy writing. Kids deserve better.",      # two sentences
 ])
 def test_negate_refuses_what_it_cannot_flip_cleanly(text):
     assert negate(text) is None
@@ -47,12 +48,12 @@ def test_augment_labels_follow_the_rules_and_leave_the_input_alone():
     rows.append({"text": "It is fine.", "label": 1, "rating": 0.4, "domain": "d"})  # too weakly rated to use
     before = json.dumps(rows)
     extra = augment(rows, 1.0, seed=3)
-    assert json.dumps(rows) == before and len(extra) == len(rows)
+    assert json.dumps(rows) == before
     assert extra == augment(rows, 1.0, seed=3) and augment(rows, 0.0) == []
     by_text = {r["text"]: r for r in rows}
     negated = [e for e in extra if ", but " not in e["text"]]
     joined = [e for e in extra if ", but " in e["text"]]
-    assert negated and joined and len(negated) == len(rows) // 2
+    assert len(negated) == len(joined) == len(rows) // 2  # half negations at most, as many contrasts
     for e in negated:
         source = by_text[e["text"].replace(" not ", " ")]
         assert e["label"] == 1 - source["label"] and e["rating"] == -0.5 * source["rating"]
