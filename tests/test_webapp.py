@@ -54,6 +54,19 @@ def test_chat_keeps_its_history_over_several_turns(checkpoints):
     assert at.session_state.chat == []
 
 
+def test_a_long_chat_keeps_only_its_last_messages_and_says_so(checkpoints, monkeypatch):
+    import ui
+
+    monkeypatch.setattr(ui, "MAX_CHAT_MESSAGES", 4)
+    at = page("chat.py").run()
+    for text in ["one", "two", "three", "four"]:
+        say(at, text)
+    chat = at.session_state.chat
+    assert len(chat) == 4 and [m["role"] for m in chat] == ["user", "assistant"] * 2
+    assert [m["content"] for m in chat if m["role"] == "user"] == ["three", "four"]
+    assert any("4 oldest messages were removed" in c.value for c in at.caption)
+
+
 def test_greedy_gives_the_same_reply_twice(checkpoints):
     at = page("chat.py").run()
     at.radio(key="chat-strategy").set_value("greedy").run()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from nlp.decoding import GenerationError, make_generator
 from nlp.serve import chat_reply, strip_control
-from ui import MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain, settings_notice
+from ui import MAX_CHAT_MESSAGES, MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain, settings_notice
 
 st.title("Chat")
 ck = model_or_stop("chat")
@@ -17,6 +17,7 @@ st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and mov
 
 if st.sidebar.button("New chat", type="primary", width="stretch") or "chat" not in st.session_state:
     st.session_state.chat = []
+    st.session_state["chat-removed"] = 0
     st.session_state.pop("chat-dropped-said", None)
 
 
@@ -88,8 +89,17 @@ def respond() -> None:
                    "attention": reply.attention, "candidates": reply.candidates}
         details(message)
     chat.append(message)
+    if len(chat) > MAX_CHAT_MESSAGES:  # whole exchanges leave from the top, so the chat still starts with the user
+        extra = len(chat) - MAX_CHAT_MESSAGES
+        extra += extra % 2
+        del chat[:extra]
+        st.session_state["chat-removed"] = st.session_state.get("chat-removed", 0) + extra
+        st.rerun()  # show the shortened chat and say why
 
 
+if st.session_state.get("chat-removed"):
+    st.caption(f"The {st.session_state['chat-removed']} oldest messages were removed from this page (it keeps the "
+               f"last {MAX_CHAT_MESSAGES}); the model only ever reads the last {turns} turns.")
 for message in st.session_state.chat:
     show(message)
 

@@ -34,6 +34,7 @@ MAX_SENTENCE_CHARS = 5_000
 MAX_UPLOAD_BYTES = 2_000_000
 MAX_UPLOAD_ROWS = 5_000
 MAX_SAMPLES = 5
+MAX_CHAT_MESSAGES = 60    # kept per session (30 exchanges); older ones leave the page, so memory stays flat
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
