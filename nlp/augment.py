@@ -87,7 +87,7 @@ def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
         return []
     rng = random.Random(seed)
     want = int(round(fraction * len(rows)))
-    clear = [r for r in rows if r["label"] in (0, 1) and abs(r["rating"]) >= MIN_RATING
+    clear = [r for r in rows if r["label"] in (0, 1) and abs(r["rating"]) >= MIN_RATING and r["text"].strip()
              and len(r["text"].split()) <= MAX_WORDS]
     out = []
     negatable = [(r, t) for r in clear if (t := negate(r["text"])) is not None]

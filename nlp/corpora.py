@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow
 from datasets import Dataset, DatasetDict
 
 from nlp.errors import CorpusError
@@ -288,8 +289,10 @@ def normalise(ds: Dataset, where: str) -> Dataset:
     if {"context", "response"} <= cols:
         if "conversation" not in cols:
             ds = ds.add_column("conversation", [str(i) for i in range(len(ds))])
+        ds = ds.select_columns(["context", "response", "conversation"])  # other columns play no part
         return ds.map(lambda r: {"context": r["context"] if isinstance(r["context"], list) else
-                                 [t for t in str(r["context"]).split("\n") if t.strip()]})
+                                 [t for t in str(r["context"] or "").split("\n") if t.strip()],
+                                 "response": str(r["response"] or ""), "conversation": str(r["conversation"])})
     for alias in ("sentence", "review", "content"):
         if alias in cols and "text" not in cols:
             ds, cols = ds.rename_column(alias, "text"), (cols - {alias}) | {"text"}
@@ -373,7 +376,11 @@ def load_local(path: Path) -> DatasetDict:
     except Exception as e:  # datasets raises many types for a malformed file
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise CorpusError(f"{path}: could not be read: {first}") from None
-    return split_any(normalise(ds, str(path)), str(path))
+    try:
+        return split_any(normalise(ds, str(path)), str(path))
+    except pyarrow.ArrowException as e:  # a column whose cells do not share one type
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CorpusError(f"{path}: could not be read: {first}") from None
 
 
 def load_hub(spec: str) -> DatasetDict:

@@ -9,7 +9,7 @@ Sampling controls, applied in this order to the next-token scores:
                        repeats; the spirit of CTRL's penalty, Keskar et al. 2019, made independent of the
                        arbitrary offset of logits by applying it to probabilities)
   no_repeat_ngram_size a token that would complete an n-gram already in the text is banned
-  temperature          divides the scores: < 1 sharper and more predictable, > 1 flatter; 0 means greedy
+  temperature          divides the scores: < 1 sharper and more predictable, > 1 flatter; 0 (or < 0.001) is greedy
   top_k                keep the k most likely tokens (0 = all)
   top_p                keep the smallest set whose probability reaches p (nucleus sampling, Holtzman 2020)
   min_p                drop tokens less likely than min_p times the most likely one
@@ -30,6 +30,7 @@ from nlp.errors import GenerationError
 from nlp.tokenizer import BOS, EOS, Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
+MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy (dividing by a tinier one overflows the scores)
 
 
 @dataclass
@@ -54,6 +55,10 @@ class GenerationConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise GenerationError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise GenerationError(f"{name} must be a finite number, got {value!r}")
         checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
                   (0 <= self.min_new_tokens <= self.max_new_tokens,
                    "min_new_tokens must be between 0 and max_new_tokens"),
@@ -172,7 +177,7 @@ def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:
 
 def choose(scores: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
     """(K, V) adjusted log-probs -> (K,) next tokens."""
-    if cfg.strategy == "greedy" or cfg.temperature == 0:
+    if cfg.strategy == "greedy" or cfg.temperature < MIN_TEMPERATURE:
         return scores.argmax(-1)
     probs = torch.softmax(filter_scores(scores, cfg), -1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

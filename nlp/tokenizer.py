@@ -60,8 +60,39 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of the ids. Special ids are dropped (bos/eos/pad/sep mark structure, not characters), and so
         are byte-fallback tokens that do not make a whole UTF-8 character (a sampled model can emit those):
-        no U+FFFD replacement character ever reaches a reader."""
-        return self.sp.decode([int(i) for i in ids if int(i) > SEP]).replace("\ufffd", "")
+        no U+FFFD replacement character that the model made up ever reaches a reader."""
+        return self.sp.decode(self._whole_characters([int(i) for i in ids if int(i) > SEP]))
+
+    def _whole_characters(self, ids: list[int]) -> list[int]:
+        """The ids without the byte-fallback tokens that do not complete a UTF-8 character (a text's own
+        U+FFFD, three whole bytes, stays)."""
+        out: list[int] = []
+        p = 0
+        while p < len(ids):
+            if not self.sp.is_byte(ids[p]):
+                out.append(ids[p])
+                p += 1
+                continue
+            end = p
+            while end < len(ids) and self.sp.is_byte(ids[end]):
+                end += 1
+            raw = [int(self.sp.id_to_piece(i)[3:5], 16) for i in ids[p:end]]  # "<0xE2>" -> 0xE2
+            q = 0
+            while q < len(raw):
+                lead = raw[q]
+                size = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else \
+                    4 if lead >> 3 == 0b11110 else 0
+                try:
+                    if size and q + size <= len(raw):
+                        bytes(raw[q:q + size]).decode("utf-8")
+                        out.extend(ids[p + q:p + q + size])
+                        q += size
+                        continue
+                except UnicodeDecodeError:
+                    pass
+                q += 1  # a stray byte: dropped
+            p = end
+        return out
 
     @property
     def literal_unk_id(self) -> int | None:
