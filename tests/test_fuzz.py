@@ -56,7 +56,7 @@ def test_text_checks_and_tokenizer_round_trip(tokenizer, text):
         assert check_text(text, "prompt", limit=20_000) == text
     except GenerationError as e:
         assert "NUL" in str(e) or "limit" in str(e)
-    assert tokenizer.decode(tokenizer.encode(clean)) == clean
+    assert tokenizer.decode(tokenizer.encode(clean)) == clean.replace("\u2581", " ")  # SentencePiece's space
     assert "\ufffd" not in tokenizer.decode(tokenizer.encode(clean)[:7]) or "\ufffd" in clean
 
 
