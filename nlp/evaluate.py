@@ -139,6 +139,12 @@ NEUTRAL_BAND = 0.5  # a mean human rating within 0.5 of 0 (VADER's -4..+4 scale)
 PROBE = Path(__file__).resolve().parent.parent / "scripts" / "sentiment_probe.jsonl"
 
 
+def refuse_test(split: str) -> None:
+    """Tuning reads validation (or train) data only: the test split is read once, for the report."""
+    if split == "test":
+        raise CorpusError("tune on validation (or train) data: the test split is read once, for the report")
+
+
 def three_way_truth(rating: float) -> int:
     """0 negative, 1 positive, 2 neutral / mixed (the VERDICTS order)."""
     return 2 if abs(rating) < NEUTRAL_BAND else int(rating > 0)
@@ -154,8 +160,7 @@ def three_way(results: list[dict], ratings: list[float]) -> dict:
 def tune_sentiment(ck: Checkpoint, corpora: list[str], split: str = "validation") -> dict:
     """Choose the NeutralRule on validation rows of `corpora` (pooled, neutral ratings kept) by the macro-F1 of
     the three verdicts."""
-    if split == "test":
-        raise CorpusError("tune on validation (or train) data: the test split is read once, for the report")
+    refuse_test(split)
     texts, ratings = [], []
     for name in corpora:
         ds = load_corpus(name)[split]
@@ -188,15 +193,17 @@ def probe_sentiment(ck: Checkpoint, path: Path = PROBE) -> dict:
     results = classify(ck, [r["text"] for r in rows])
     hits = [res["label"] == r["label"] for r, res in zip(rows, results)]
     kinds = sorted({r.get("kind", "") for r in rows})
+
+    def scored(kind: str | None) -> dict:
+        idx = [i for i, r in enumerate(rows) if kind is None or r.get("kind", "") == kind]
+        m = M.classification([results[i]["label"] for i in idx], [rows[i]["label"] for i in idx])
+        return {"n": m["n"], "accuracy": m["accuracy"]}
     try:
-        vader = vader_labels([r["text"] for r in rows])
-        baselines = {"vader_lexicon": sum(v == r["label"] for v, r in zip(vader, rows)) / max(len(rows), 1)}
+        baselines = {"vader_lexicon": M.classification(vader_labels([r["text"] for r in rows]),
+                                                       [r["label"] for r in rows])["accuracy"]}
     except ImportError:
         baselines = {}
-    return {"file": str(path), "n": len(rows), "accuracy": sum(hits) / max(len(rows), 1), "baselines": baselines,
-            "by_kind": {k: {"n": sum(r.get("kind", "") == k for r in rows),
-                            "accuracy": sum(h for r, h in zip(rows, hits) if r.get("kind", "") == k)
-                            / max(1, sum(r.get("kind", "") == k for r in rows))} for k in kinds},
+    return {"file": str(path), **scored(None), "baselines": baselines, "by_kind": {k: scored(k) for k in kinds},
             "misses": [{"text": r["text"], "label": r["label"], "predicted": res["label"],
                         "probability": round(res["probability"], 3), "verdict": res["verdict"]}
                        for r, res, h in zip(rows, results, hits) if not h]}
@@ -368,8 +375,7 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     2. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights.
     Returns {"decoding": the chosen entry, "grid": every Hits@1, "f1": F1 per candidate count}."""
     dd = load_corpus(corpus)
-    if split == "test":
-        raise CorpusError("tune on validation (or train) data: the test split is read once, for the report")
+    refuse_test(split)
     ds, examples, _ = chat_rows(ck, dd, split, max_examples, seed)
     model = ck.model
     k = min(RANK_CANDIDATES, len(examples))
