@@ -70,16 +70,10 @@ def generation_config(a: argparse.Namespace, ck, **extra):
     return GenerationConfig.from_dict({**default_decoding(ck).__dict__, **given, **extra})
 
 
-TASK_NAMES = {"lm": "language model", "chat": "chat model", "sentiment": "sentiment model"}
-
-
 def load(path: str, task: str, impl: str | None = None):
-    from nlp.checkpoint import load_checkpoint
+    from nlp.serve import open_checkpoint
 
-    ck = load_checkpoint(path, impl=impl)
-    if ck.task != task:
-        raise CheckpointError(f"{path} holds a {TASK_NAMES[ck.task]}, this command needs a {TASK_NAMES[task]}")
-    return ck
+    return open_checkpoint(path, task, impl)
 
 
 # --------------------------------------------------------------------------- commands

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,6 +95,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     config: dict
     metrics: dict | None
+    problems: list[str] = field(default_factory=list)  # what was wrong with the informative files, said once
 
 
 def rebuild_hint(path: Path) -> str:
@@ -102,28 +103,37 @@ def rebuild_hint(path: Path) -> str:
     return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (README: Training)"
 
 
-def read_train_log(path: str | Path) -> list[dict]:
+def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[dict]:
     """The records of a checkpoint's train_log.jsonl, as the weights saw them.
 
     A hard kill (SIGKILL, power loss) loses the steps since the last periodic save, yet their log lines are
     already written; `--resume` then runs those steps again and logs them a second time. Each resume writes a
     "start" record with the step it resumed from, so the lines it supersedes (step > that) are dropped here.
-    A half-written or damaged line is skipped. A missing log reads as no records.
+    A half-written or damaged line is skipped (and counted in `problems`, when given). A missing log reads as
+    no records.
     """
     file = Path(path) / LOG
-    if not file.exists():
-        return []
+    try:
+        lines = file.read_text(encoding="utf-8", errors="replace").splitlines() if file.exists() else []
+    except OSError as e:
+        lines = []
+        if problems is not None:
+            problems.append(f"{file} cannot be read ({e.strerror or e})")
     records: list[dict] = []
-    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+    damaged = 0
+    for line in lines:
         try:
             r = json.loads(line)
         except ValueError:
-            continue
+            r = None
         if not isinstance(r, dict):
+            damaged += line.strip() != ""
             continue
         if r.get("event") == "start" and isinstance(r.get("step"), int):
             records = [x for x in records if not isinstance(x.get("step"), (int, float)) or x["step"] <= r["step"]]
         records.append(r)
+    if damaged and problems is not None:
+        problems.append(f"{file}: {damaged:,} damaged line{'s' * (damaged > 1)} skipped")
     return records
 
 
@@ -138,6 +148,9 @@ def read_config(path: str | Path) -> dict:
         raise CheckpointError(f"{path / CONFIG} is not valid JSON ({e}): {rebuild_hint(path)}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or "task" not in config or "model" not in config:
         raise CheckpointError(f"{path / CONFIG} is not a format-{FORMAT} checkpoint config: {rebuild_hint(path)}")
+    if not isinstance(config["model"], dict) or not isinstance(config.get("files", {}), dict):
+        raise CheckpointError(f"{path / CONFIG}: its \"model\" and \"files\" entries must be JSON objects: "
+                              f"{rebuild_hint(path)}")
     return config
 
 
@@ -192,15 +205,38 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
         if t.shape != expected[k].shape:
             raise CheckpointError(f"{path / WEIGHTS}: {k} has shape {tuple(t.shape)}, the config needs "
                                   f"{tuple(expected[k].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path / WEIGHTS}: {k} holds NaN or infinite values (the run that saved it "
+                                  f"diverged): {rebuild_hint(path)}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)
     model.to(device).eval()
-    metrics = None
-    if (path / METRICS).is_file():
-        try:
-            metrics = json.loads((path / METRICS).read_text())
-        except ValueError:
-            metrics = None  # metrics are informative; a damaged file does not stop the model from serving
-    return Checkpoint(path, config["task"], model, tokenizer, config, metrics)
+    problems: list[str] = []
+    return Checkpoint(path, config["task"], model, tokenizer, config, read_metrics(path, problems), problems)
+
+
+def read_metrics(path: Path, problems: list[str]) -> dict | None:
+    """metrics.json: {name: {"metrics": {...}, "baselines": {...}, ...}}, written by `eval --record`. It is
+    informative: a damaged file or entry does not stop the model from serving; it is left out and said in
+    `problems`."""
+    file = path / METRICS
+    if not file.exists():
+        return None
+    try:
+        metrics = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"{file} cannot be read ({e}); its results are not shown")
+        return None
+    if not isinstance(metrics, dict):
+        problems.append(f"{file} is not a JSON object; its results are not shown")
+        return None
+    kept = {}
+    for name, result in metrics.items():
+        if isinstance(result, dict) and isinstance(result.get("metrics"), dict) \
+                and isinstance(result.get("baselines", {}), dict):
+            kept[name] = result
+        else:
+            problems.append(f"{file}: the entry {name!r} is not a result (metrics and baselines); it is not shown")
+    return kept
 
 
 # --------------------------------------------------------------------------- training state (resume)

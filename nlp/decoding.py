@@ -33,6 +33,10 @@ STRATEGIES = ("greedy", "sample", "beam")
 MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy (dividing by a tinier one overflows the scores)
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class GenerationConfig:
     strategy: str = "sample"          # greedy | sample | beam
@@ -59,6 +63,15 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise GenerationError(f"{name} must be a finite number, got {value!r}")
+        for name in ("max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size", "num_beams",
+                     "num_return_sequences", "num_candidates"):
+            if not _whole(getattr(self, name)):
+                raise GenerationError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        for name in ("stop_at_eos", "allow_unk"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenerationError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.banned_ids, tuple) or not all(_whole(t) and t >= 0 for t in self.banned_ids):
+            raise GenerationError(f"banned_ids must be a list of token ids, got {self.banned_ids!r}")
         checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
                   (0 <= self.min_new_tokens <= self.max_new_tokens,
                    "min_new_tokens must be between 0 and max_new_tokens"),
@@ -80,7 +93,7 @@ class GenerationConfig:
     def from_dict(cls, d: dict) -> GenerationConfig:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in names and v is not None}
-        if "banned_ids" in values:  # a list when read back from JSON
+        if isinstance(values.get("banned_ids"), list):  # a list when read back from JSON
             values["banned_ids"] = tuple(values["banned_ids"])
         return cls(**values)
 

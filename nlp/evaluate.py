@@ -28,7 +28,7 @@ import torch
 from nlp import data as D
 from nlp import metrics as M
 from nlp import ranking as R
-from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, write_json
+from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, read_metrics, write_json
 from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
 from nlp.serve import NEUTRAL, VERDICTS, NeutralRule, classify, default_decoding, ranking_weights
@@ -435,12 +435,7 @@ def record(result: dict, checkpoint: Path, output: Path | None = None, tag: str 
         write_json(output, result)
         return output
     target = checkpoint / METRICS
-    existing = {}
-    if target.exists():
-        try:
-            existing = json.loads(target.read_text())
-        except ValueError:
-            existing = {}
+    existing = read_metrics(checkpoint, []) or {}  # damaged entries are dropped, not kept beside the new one
     existing[":".join([result["corpus"], result["split"]] + ([tag] if tag else []))] = result
     write_json(target, existing)
     return target

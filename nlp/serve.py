@@ -13,11 +13,12 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from nlp.checkpoint import Checkpoint
+from nlp.checkpoint import CONFIG, Checkpoint, CheckpointError, load_checkpoint, rebuild_hint
 from nlp.data import pad
 from nlp.decoding import GenerationConfig, GenerationError, beam_search, decode_text, sample_tokens, stream_text
 from nlp.ranking import RankWeights, sample_and_rank
@@ -102,6 +103,35 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
 
     reply.stream = run()
     return reply
+
+
+TASK_NAMES = {"lm": "language model", "chat": "chat model", "sentiment": "sentiment model"}
+
+
+def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None = None) -> Checkpoint:
+    """A checkpoint ready to serve: `load_checkpoint`, then the task and the config.json entries that serving
+    reads (context length, default decoding, ranking weights, neutral rule) checked, so that a damaged entry
+    is a CheckpointError here, not a traceback in the middle of a reply."""
+    ck = load_checkpoint(path, impl=impl)
+    if task and ck.task != task:
+        raise CheckpointError(f"{path} holds a {TASK_NAMES.get(ck.task, ck.task)}, not a {TASK_NAMES[task]}")
+    where = ck.path / CONFIG
+    for key in ("train", "data", "decoding", "neutral"):
+        if not isinstance(ck.config.get(key, {}), dict):
+            raise CheckpointError(f"{where}: its {key!r} entry must be a JSON object, not "
+                                  f"{type(ck.config[key]).__name__}: {rebuild_hint(ck.path)}")
+    for key in ("context_turns", "max_src_len"):
+        value = ck.config.get("train", {}).get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{where}: train.{key} must be a whole number >= 1, got {value!r}")
+    try:
+        default_decoding(ck)
+        ranking_weights(ck)
+        NeutralRule.of(ck)
+    except (GenerationError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{where}: a damaged \"decoding\" or \"neutral\" entry ({e}); delete that entry "
+                              "to use the defaults") from None
+    return ck
 
 
 def ranking_weights(ck: Checkpoint) -> RankWeights:
@@ -214,6 +244,14 @@ class NeutralRule:
     rating_below: float = 0.0
     probability_below: float = 0.5
     disagree: bool = False
+
+    def __post_init__(self):
+        for name, top in (("rating_below", 4), ("probability_below", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
+                raise ValueError(f"{name} must be a number from 0 to {top}, got {value!r}")
+        if not isinstance(self.disagree, bool):
+            raise ValueError(f"disagree must be true or false, got {self.disagree!r}")
 
     @classmethod
     def of(cls, ck: Checkpoint) -> NeutralRule:

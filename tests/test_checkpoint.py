@@ -55,7 +55,7 @@ def test_missing_checkpoint_says_how_to_rebuild(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "garbage_config", "wrong_format", "tampered_tokenizer",
-                                    "missing_weights", "shape_mismatch"])
+                                    "missing_weights", "shape_mismatch", "nan_weights"])
 def test_damaged_checkpoint_is_a_clear_error(tmp_path, tokenizer, damage):
     path = tmp_path / "c"
     save_checkpoint(path, small_lm(tokenizer), tokenizer)
@@ -75,6 +75,11 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, tokenizer, damage):
         cfg["model"]["hidden_size"] = cfg["model"]["emb_dim"] = 32
         del cfg["files"]
         (path / ckpt.CONFIG).write_text(json.dumps(cfg))
+    elif damage == "nan_weights":  # what a diverged run would save; no checksum can tell
+        model = small_lm(tokenizer)
+        with torch.no_grad():
+            model.embed.weight[3, 0] = float("nan")
+        save_checkpoint(path, model, tokenizer)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
 

@@ -1,5 +1,6 @@
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 
@@ -47,8 +48,6 @@ def test_sentiment_texts_and_file(trained, tmp_path, capsys):
 
 
 def test_eval_writes_metrics_json_only_with_record(trained, tmp_path, capsys):
-    import shutil
-
     ck = shutil.copytree(trained["sentiment"], tmp_path / "sent")
     (ck / "metrics.json").unlink(missing_ok=True)
     args = ["eval", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--json"]
@@ -63,6 +62,9 @@ def test_eval_writes_metrics_json_only_with_record(trained, tmp_path, capsys):
     assert set(result) >= {"task", "corpus", "split", "checkpoint", "metrics", "baselines"}
     stored = json.loads((ck / "metrics.json").read_text())
     assert stored[f"{SENTIMENT}:test"]["metrics"]["accuracy"] == result["metrics"]["accuracy"]
+    (ck / "metrics.json").write_text("[1, 2]")  # damaged: the next record replaces it rather than failing
+    assert main(args + ["--record"]) == 0
+    assert list(json.loads((ck / "metrics.json").read_text())) == [f"{SENTIMENT}:test"]
 
 
 def test_eval_tag_keeps_results_of_two_decodings_side_by_side(trained, capsys):
@@ -91,7 +93,12 @@ def test_errors_are_one_line_without_traceback(args, message):
 
 def test_wrong_model_kind_and_hostile_text(trained, capsys, tmp_path):
     assert main(["chat", "--checkpoint", str(trained["lm"])]) == 2
-    assert "holds a language model, this command needs a chat model" in capsys.readouterr().err
+    assert "holds a language model, not a chat model" in capsys.readouterr().err
+    chat = shutil.copytree(trained["chat"], tmp_path / "chat")
+    config = json.loads((chat / "config.json").read_text())
+    (chat / "config.json").write_text(json.dumps({**config, "decoding": {"top_p": 7}}))
+    assert main(["chat", "--checkpoint", str(chat)]) == 2
+    assert "config.json: a damaged \"decoding\"" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(trained["lm"]), "--prompt", "x" * 30_000]) == 2
     assert "limit is 20,000" in capsys.readouterr().err
     binary = tmp_path / "b.txt"

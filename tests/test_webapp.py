@@ -1,10 +1,14 @@
 """Every page through streamlit.testing.v1.AppTest, on tiny checkpoints trained from the fixtures."""
 
+import hashlib
+import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 WEBAPP = Path(__file__).resolve().parent.parent / "webapp"
@@ -275,6 +279,87 @@ def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoin
     assert not page("generate.py").run().exception
     cards = page("model_cards.py").run()
     assert not cards.exception and "Not available" in cards.warning[0].value
+
+
+def _config(folder: Path, **entries) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **entries}))
+
+
+def _replace(folder: Path, name: str, data: bytes) -> None:
+    """Damage a checksum cannot catch: the file and config.json agree (as after a diverged run, or an edit)."""
+    (folder / name).unlink()
+    (folder / name).write_bytes(data)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["files"][name] = hashlib.sha256(data).hexdigest()
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _nan_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(folder / "model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    _replace(folder, "model.safetensors", save(tensors))
+
+
+def _log_folder(folder: Path) -> None:
+    (folder / "train_log.jsonl").unlink()
+    (folder / "train_log.jsonl").mkdir()
+
+
+DAMAGE = {  # name: (what it does to a checkpoint folder, the file a message must name, does the model still load)
+    "config-not-json": (lambda f: (f / "config.json").write_text("{not json"), "config.json", False),
+    "config-not-object": (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json", False),
+    "config-model-entry": (lambda f: _config(f, model="big"), "config.json", False),
+    "config-train-entry": (lambda f: _config(f, train={"context_turns": "three"}), "config.json", False),
+    "config-decoding-entry": (lambda f: _config(f, decoding={"temperature": "hot", "max_new_tokens": 2.5}),
+                              "config.json", False),
+    "config-neutral-entry": (lambda f: _config(f, neutral={"rating_below": -1}), "config.json", False),
+    "weights-truncated": (lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:1000]), "model.safetensors", False),
+    "weights-nan": (_nan_weights, "model.safetensors", False),
+    "weights-missing": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors", False),
+    "tokenizer-garbage": (lambda f: _replace(f, "tokenizer.model", b"\x08\x01garbage" * 50), "tokenizer.model",
+                          False),
+    "tokenizer-missing": (lambda f: (f / "tokenizer.model").unlink(), "tokenizer.model", False),
+    "metrics-not-object": (lambda f: (f / "metrics.json").write_text("[1, 2]"), "metrics.json", True),
+    "metrics-binary": (lambda f: (f / "metrics.json").write_bytes(bytes(range(256)) * 4), "metrics.json", True),
+    "metrics-bad-entries": (lambda f: (f / "metrics.json").write_text(json.dumps(
+        {"a:test": {"metrics": [1]}, "b:test": {"metrics": {"accuracy": "high", "n": True, "f1": 0.5},
+                                               "baselines": {"x": 3, "y": {"accuracy": None}}},
+         "c:test": {"metrics": {"f1": 0.5}, "baselines": 7}})), "metrics.json", True),
+    "log-damaged": (lambda f: (f / "train_log.jsonl").write_bytes(
+        b'\xff\xfe garbage\n{"step": "ten", "val_loss": "low"}\n{"step": 5, "val_loss": NaN}\n[1, 2]\n'
+        b'{"step": 7, "train_loss": 3.5}\n{"step": 9, "tr'), "train_log.jsonl", True),
+    "log-is-a-folder": (_log_folder, "train_log.jsonl", True),
+}
+PAGES = {"chat.py": "chat", "generate.py": "lm", "sentiment.py": "sentiment"}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_every_page_survives_a_damaged_checkpoint_file_with_a_message(trained, tmp_path, monkeypatch, damage):
+    spoil, file, serves = DAMAGE[damage]
+    folder = tmp_path / "checkpoints"
+    for task, path in trained.items():
+        shutil.copytree(path, folder / task)
+        spoil(folder / task)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(folder))
+    for name, task in PAGES.items():
+        at = page(name).run()
+        assert not at.exception, (name, at.exception)
+        errors = [e.value for e in at.error]
+        if serves:  # an informative file: the model serves as before
+            assert not errors, (name, errors)
+        else:
+            assert len(errors) == 1 and file in errors[0] and str(folder / task) in errors[0], (name, errors)
+    cards = page("model_cards.py").run()
+    assert not cards.exception, cards.exception
+    warnings = [w.value for w in cards.warning]
+    assert len([w for w in warnings if file in w]) >= 3, warnings  # one per model, at least
+    if serves:
+        assert len(cards.metric) == 9  # each model still shows its size, configuration and curves
 
 
 def test_a_message_cut_off_by_the_next_one_is_answered_first(checkpoints):

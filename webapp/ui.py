@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run webapp/app.py` puts webapp/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
-from nlp.checkpoint import Checkpoint, CheckpointError, load_checkpoint  # noqa: E402
+from nlp.checkpoint import Checkpoint, CheckpointError  # noqa: E402
 from nlp.decoding import GenerationConfig, GenerationError  # noqa: E402
-from nlp.serve import default_decoding  # noqa: E402
+from nlp.serve import default_decoding, open_checkpoint  # noqa: E402
 
 
 def checkpoints_dir() -> Path:
@@ -38,25 +38,20 @@ MAX_CHAT_MESSAGES = 60    # kept per session (30 exchanges); older ones leave th
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def load_cached(path: str) -> Checkpoint:
+def load_cached(path: str, task: str) -> Checkpoint:
     """One loaded model per checkpoint folder and process, shared by every session."""
-    return load_checkpoint(path)
+    return open_checkpoint(path, task)
 
 
 def model_or_stop(task: str) -> Checkpoint:
     """The checkpoint for `task`, or a clear message with the rebuild command and an end to this page."""
-    path = checkpoints_dir() / task
     try:
-        ck = load_cached(str(path))
+        return load_cached(str(checkpoints_dir() / task), task)
     except CheckpointError as e:
         st.error(f"The {task} model is not available: {e}")
         st.markdown("Rebuild it with:")
         st.code(f"python -m nlp train --config {RECIPES[task]}", language="bash")
         st.stop()
-    if ck.task != task:
-        st.error(f"{path} holds a {ck.task} model, not a {task} model.")
-        st.stop()
-    return ck
 
 
 _PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
