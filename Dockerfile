@@ -25,5 +25,6 @@ USER 10001
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/_stcore/health' % os.environ.get('PORT', '8501'), timeout=4)"]
-# the Procfile's command; sh expands $PORT, exec makes Streamlit PID 1 so it gets the stop signal
-CMD ["sh", "-c", "exec streamlit run webapp/app.py --server.port=${PORT} --server.address=0.0.0.0 --server.headless=true --browser.gatherUsageStats=false"]
+# the Procfile's command (Streamlit, with the models loaded while it starts); sh expands $PORT, exec makes it
+# PID 1 so it gets the stop signal
+CMD ["sh", "-c", "exec python -m webapp --server.port=${PORT} --server.address=0.0.0.0 --server.headless=true --browser.gatherUsageStats=false"]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -50,6 +49,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    """The file's sha256, read in chunks (a weights file is not held in memory twice)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without the second name of tied tensors (safetensors stores each tensor once)."""
     seen: set[int] = set()
@@ -74,7 +79,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, ex
     tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # like the other files; a host serving the folder as another user can read it
-    weights_sha = _sha256(tmp.read_bytes())
+    weights_sha = _file_sha256(tmp)
     os.replace(tmp, path / WEIGHTS)
     write_atomic(path / TOKENIZER, tokenizer.model_bytes)
     config = {"format": FORMAT, "task": model.task, "model": model.config_dict(),
@@ -165,18 +170,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line."""
     path = Path(path)
     config = read_config(path)
-    files = {}
     for name in (WEIGHTS, TOKENIZER):
         try:
-            files[name] = (path / name).read_bytes()
+            digest = _file_sha256(path / name)
         except OSError:
             raise CheckpointError(f"{path} has no readable {name}: {rebuild_hint(path)}") from None
         want = config.get("files", {}).get(name)
-        if want and _sha256(files[name]) != want:
+        if want and digest != want:
             raise CheckpointError(f"{path / name} does not match its config (damaged or half-written): "
                                   f"{rebuild_hint(path)}")
     try:
-        tokenizer = Tokenizer(files[TOKENIZER])
+        tokenizer = Tokenizer((path / TOKENIZER).read_bytes())
     except TokenizerError as e:
         raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
     model_cfg = dict(config["model"])
@@ -190,7 +194,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
         raise CheckpointError(f"{path}: the model has {model.config.vocab_size} tokens but the tokenizer "
                               f"{tokenizer.vocab_size}")
     try:
-        tensors = load_bytes(files[WEIGHTS])
+        tensors = load_file(path / WEIGHTS)
     except Exception as e:  # safetensors raises its own error and others on a damaged header
         raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e}): {rebuild_hint(path)}") \
             from None
@@ -208,7 +212,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{path / WEIGHTS}: {k} holds NaN or infinite values (the run that saved it "
                                   f"diverged): {rebuild_hint(path)}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)
+    model.load_state_dict(tensors, strict=False)  # copies into the float32 parameters (float16 files too)
     model.to(device).eval()
     problems: list[str] = []
     return Checkpoint(path, config["task"], model, tokenizer, config, read_metrics(path, problems), problems)

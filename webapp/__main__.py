@@ -1,0 +1,60 @@
+"""Serve the app as `streamlit run webapp/app.py` does, loading the models while the server starts.
+
+    python -m webapp [streamlit options, e.g. --server.port=8501]      (the Procfile's and the Dockerfile's command)
+
+Streamlit runs a page's script only when a browser connects, so the first visitor would wait for torch's
+import and the chat model's load after the server is up. Here a thread does that work at once, while Streamlit
+starts and the browser loads the page, and fills the same `st.cache_resource` cache the pages read (its
+per-key lock makes a page that asks early wait for the load instead of loading twice). A model that cannot be
+loaded is left to its page, which says why. `streamlit run webapp/app.py` still works, without the head start.
+"""
+
+import ctypes
+import logging
+import sys
+import threading
+from pathlib import Path
+
+WEBAPP = Path(__file__).resolve().parent
+
+
+def preload() -> None:
+    sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]  # as app.py arranges for its pages
+    import ui
+
+    for task in ("chat", "lm", "sentiment"):  # Chat is the first page a visitor sees
+        try:
+            ui.load_cached(str(ui.checkpoints_dir() / task), task)
+        except Exception:  # noqa: BLE001 - the page shows the error (CheckpointError or a bug) to its visitor
+            pass
+        if task == "chat":
+            import altair  # noqa: F401 - what the Chat page imports besides the model (about 0.5 s)
+            import pandas  # noqa: F401
+
+
+def not_from_preload(record: logging.LogRecord) -> bool:
+    """Outside a page's run Streamlit warns that there is no script context: for the preload that is expected."""
+    return record.threadName != "preload-models"
+
+
+def fewer_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own arena (up to 8 per core) and keeps what each one freed:
+    with a script thread per session doing tensor work, the server's memory grows with the sessions. Two
+    arenas (as MALLOC_ARENA_MAX=2) keep it flat. Elsewhere than glibc this does nothing."""
+    try:
+        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
+    except (AttributeError, OSError):
+        pass
+
+
+def main() -> None:
+    fewer_malloc_arenas()
+    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(not_from_preload)
+    threading.Thread(target=preload, name="preload-models", daemon=True).start()
+    from streamlit.web import cli
+
+    cli.main(["run", str(WEBAPP / "app.py"), *sys.argv[1:]], prog_name="streamlit")
+
+
+if __name__ == "__main__":
+    main()
