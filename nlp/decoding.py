@@ -189,11 +189,60 @@ def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:
 
 
 def choose(scores: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
-    """(K, V) adjusted log-probs -> (K,) next tokens."""
+    """(K, V) adjusted log-probs -> (K,) next tokens: the most likely (greedy), or drawn from the filtered
+    distribution.
+
+    Drawn as torch.multinomial draws one sample (an exponential race: the token with the largest p / q, one
+    q ~ Exp(1) per token), with the same numbers from the generator, so a seed gives the same text as with
+    multinomial. When the filters certainly keep only tokens among the CANDIDATES most likely, only those
+    are filtered and raced (`draw_among_candidates`): no sort of the whole vocabulary, the same winner.
+    """
     if cfg.strategy == "greedy" or cfg.temperature < MIN_TEMPERATURE:
         return scores.argmax(-1)
-    probs = torch.softmax(filter_scores(scores, cfg), -1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    q = torch.empty_like(scores).exponential_(1, generator=generator)
+    picked = draw_among_candidates(scores, cfg, q)
+    if picked is not None:
+        return picked
+    return (torch.softmax(filter_scores(scores, cfg), -1) / q).argmax(-1)
+
+
+CANDIDATES = 256  # the most likely tokens that sampling considers first (see draw_among_candidates)
+
+
+def draw_among_candidates(scores: Tensor, cfg: GenerationConfig, q: Tensor) -> Tensor | None:
+    """The token `choose` draws with the race numbers `q` (K, V), found among the CANDIDATES most likely
+    tokens; None when the filters might keep a token outside them (then the whole vocabulary is used).
+
+    Every token outside is at most as likely as the last candidate, so it is certainly cut when that one is
+    cut for a reason that holds for all less likely tokens: it is past the top-k, the candidates already hold
+    the top-p mass, or it is under the min-p share of the most likely token.
+    """
+    if scores.shape[-1] <= CANDIDATES or cfg.top_k >= CANDIDATES or not (cfg.top_k or cfg.top_p < 1
+                                                                          or cfg.min_p > 0):
+        return None
+    top, ids = torch.topk(scores / cfg.temperature, CANDIDATES, -1)  # most likely first
+    certain = torch.zeros(top.shape[0], dtype=torch.bool, device=top.device)
+    if cfg.top_k:
+        kth = top[:, cfg.top_k - 1:cfg.top_k]
+        certain |= top[:, -1] < kth[:, 0]  # (equal scores past the candidates would be kept)
+        top = top.masked_fill(top < kth, float("-inf"))
+        log_total = torch.logsumexp(top, -1, keepdim=True)  # what filter_scores' softmax sums: the top-k
+    else:
+        log_total = torch.logsumexp(scores / cfg.temperature, -1, keepdim=True)
+    if cfg.top_p < 1.0:
+        probs = torch.exp(top - log_total)
+        cumulative = probs.cumsum(-1)
+        top = top.masked_fill(cumulative - probs >= cfg.top_p, float("-inf"))
+        certain |= cumulative[:, -1] >= cfg.top_p
+    if cfg.min_p > 0:
+        probs = torch.softmax(top, -1)
+        cut = probs < cfg.min_p * probs[:, :1]
+        top = top.masked_fill(cut, float("-inf"))
+        certain |= cut[:, -1]
+    if not bool(certain.all()):
+        return None
+    race = torch.softmax(top, -1) / q.gather(-1, ids)
+    return ids.gather(-1, race.argmax(-1, keepdim=True)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------- the loops

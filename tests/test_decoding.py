@@ -8,6 +8,7 @@ from nlp.decoding import (
     GenerationError,
     banned_ngram_tokens,
     beam_search,
+    choose,
     decode_text,
     filter_scores,
     make_generator,
@@ -222,3 +223,37 @@ def test_banned_ids_are_never_chosen(lm):
     assert favourite in run(lm, strategy="greedy")
     for kw in ({"strategy": "greedy"}, {"temperature": 1.5}):
         assert favourite not in run(lm, banned_ids=(favourite,), **kw)
+
+
+SAMPLING = [dict(top_p=0.9), dict(top_k=40), dict(top_k=40, top_p=0.8), dict(min_p=0.1), dict(top_p=0.95, min_p=0.05),
+            dict(temperature=1.3, top_p=0.9), dict(temperature=0.5, top_k=255)]
+
+
+@pytest.mark.parametrize("settings", SAMPLING, ids=[str(s) for s in SAMPLING])
+def test_drawing_among_the_candidates_is_what_multinomial_draws_from_the_whole_vocabulary(settings):
+    from nlp.decoding import draw_among_candidates
+
+    torch.manual_seed(0)
+    scores = torch.log_softmax(torch.randn(300, 3000) * 6, -1)  # peaked enough that the candidates suffice
+    cfg = GenerationConfig(**settings)
+    probs = torch.softmax(filter_scores(scores, cfg), -1)
+    q = torch.empty_like(scores).exponential_(1, generator=torch.Generator().manual_seed(1))
+    fast = draw_among_candidates(scores, cfg, q)
+    assert fast is not None
+    assert torch.equal(fast, (probs / q).argmax(-1))
+    assert torch.equal(choose(scores, cfg, torch.Generator().manual_seed(1)),
+                       torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1)).squeeze(-1))
+
+
+def test_a_flat_distribution_is_drawn_from_the_whole_vocabulary():
+    from nlp.decoding import CANDIDATES, draw_among_candidates
+
+    flat = torch.log_softmax(torch.zeros(3, 4 * CANDIDATES), -1)
+    q = torch.ones_like(flat)
+    assert draw_among_candidates(flat, GenerationConfig(top_p=0.9), q) is None  # the nucleus is 922 tokens
+    assert draw_among_candidates(flat, GenerationConfig(top_p=1.0), q) is None  # nothing is cut
+    cfg = GenerationConfig(top_p=0.5)
+    drawn = choose(flat[:1].expand(4000, -1), cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, torch.multinomial(torch.softmax(filter_scores(flat[:1].expand(4000, -1), cfg), -1), 1,
+                                                generator=torch.Generator().manual_seed(0)).squeeze(-1))
+    assert drawn.unique().numel() > 400
