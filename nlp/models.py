@@ -148,6 +148,17 @@ class _FromConfig:
         return asdict(self.config)
 
 
+def transposed_linear_weights(model: nn.Module) -> nn.Module:
+    """Store each nn.Linear weight (out, in) as the transpose of a contiguous (in, out) tensor: same shape and
+    values, another memory order. For inference: at batch 1 a step multiplies one vector by the output
+    layer's (vocabulary x width) weight, which BLAS streams about 3x faster in this order (bench/
+    decode_speed.py); tied embeddings share the storage and read the same values. No extra memory."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
 # --------------------------------------------------------------------------- language model
 @dataclass
 class LMConfig:
