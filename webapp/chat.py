@@ -1,7 +1,5 @@
 """Chat with the attention-augmented LSTM encoder-decoder."""
 
-import altair as alt
-import pandas as pd
 import streamlit as st
 
 from nlp.decoding import GenerationError, make_generator
@@ -22,6 +20,9 @@ if st.sidebar.button("New chat", type="primary", width="stretch") or "chat" not 
 
 
 def attention_chart(reply: dict):
+    import altair as alt  # here, not at the top: the first reply's text shows before these load (cold start)
+    import pandas as pd
+
     rows = [{"reply token": f"{i:02d} {r}", "context token": f"{j:03d} {c}", "weight": w}
             for i, (r, row) in enumerate(zip(reply["reply_tokens"], reply["attention"]))
             for j, (c, w) in enumerate(zip(reply["context_tokens"], row))]
@@ -34,6 +35,8 @@ def attention_chart(reply: dict):
 
 def candidates_table(message: dict):
     """The sampled candidates with their scores, the shown reply first."""
+    import pandas as pd
+
     rows = [{"reply": c["text"], "score": round(c["score"], 3), "mean log p(reply | context)": round(c["loglik"], 3),
              **({"next-reply head": round(c["head"], 3)} if c.get("head") is not None else {}),
              **({"mean log p(reply)": round(c["prior"], 3)} if c.get("prior") is not None else {})}

@@ -1,0 +1,136 @@
+"""Cold start of the hosted demo: Procfile start -> first chat reply in Chromium, and `python -m nlp --help`.
+
+    python bench/cold_start.py [--baseline REV] [--repeats 3]     # writes bench/results/cold_start.json
+
+Issue 13 asks for at most 3.5 s from process start to the first reply text, and at most 1 s for `--help`, on
+the development CPU. Both are measured for this tree and, as the baseline in the same run, for REV (default:
+main before issue 13's work) checked out in a temporary git worktree; both serve this tree's checkpoints.
+Chromium is started first (a visitor's browser is already open); the clock starts when the Procfile command is
+spawned and stops when the reply's first text is on the page ("reply shown") and when the page's run is over
+("page idle"). Median of --repeats; the file cache is warm after the first run, so this is a cold process,
+not a cold disk. Needs Debian's chromium and the playwright package (see tests/test_browser.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine, save  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+BASELINE = "38e160f"  # main before issue 13's work (lazy imports, serving without datasets)
+MESSAGE = "Hi! What did you do this weekend?"
+REPLY_SHOWN = ("() => { const m = document.querySelectorAll('[data-testid=stChatMessage]');"
+               " return m.length >= 2 && m[1].querySelector('[data-testid=stMarkdownContainer]') !== null"
+               " && m[1].querySelector('[data-testid=stMarkdownContainer]').innerText.trim().length > 0; }")
+IDLE = "() => !document.querySelector('[data-testid=stStatusWidget]')"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def procfile_command(root: Path, port: int) -> list[str]:
+    line = (root / "Procfile").read_text().strip()
+    return shlex.split(line.removeprefix("web: ").replace("$PORT", str(port)))
+
+
+def help_seconds(root: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "nlp", "--help"], cwd=root, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def first_reply(root: Path, checkpoints: Path, browser) -> dict[str, float]:
+    """Seconds from spawning the Procfile command to: health check ok, chat box shown, reply shown, page idle."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)
+    env = {**os.environ, "NLP_CHECKPOINTS": str(checkpoints)}
+    marks = {}
+    start = time.perf_counter()
+    proc = subprocess.Popen(procfile_command(root, port), cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.02)
+            if proc.poll() is not None or time.perf_counter() - start > 120:
+                raise RuntimeError(f"the app in {root} did not start")
+        marks["server healthy"] = time.perf_counter() - start
+        page.goto(url)
+        box = page.get_by_test_id("stChatInputTextArea")
+        box.wait_for()
+        marks["chat box shown"] = time.perf_counter() - start
+        box.fill(MESSAGE)
+        box.press("Enter")
+        page.wait_for_function(REPLY_SHOWN, polling=20)
+        marks["reply shown"] = time.perf_counter() - start
+        page.wait_for_function(IDLE, polling=20)
+        marks["page idle"] = time.perf_counter() - start
+    finally:
+        page.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    return marks
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", default=BASELINE, help="git revision to compare with (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
+    a = p.parse_args()
+    checkpoints = Path(a.checkpoints).resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base), a.baseline], cwd=ROOT, check=True)
+        try:
+            trees = {"this tree": ROOT, f"baseline {a.baseline}": base}
+            helps = {name: [] for name in trees}
+            replies = {name: [] for name in trees}
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+                for _ in range(a.repeats):  # alternate, so that drift in the machine's load hits both alike
+                    for name, root in trees.items():
+                        helps[name].append(help_seconds(root))
+                        replies[name].append(first_reply(root, checkpoints, browser))
+                browser.close()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    save("cold_start", {
+        "machine": machine(), "checkpoints": str(checkpoints), "repeats": a.repeats, "message": MESSAGE,
+        "what": "seconds from spawning the Procfile command (browser already open) to each mark, median",
+        "procfile_start_to_first_reply_s": {name: medians(runs) for name, runs in replies.items()},
+        "nlp_help_s": {name: round(statistics.median(v), 3) for name, v in helps.items()},
+        "bars": {"reply shown": 3.5, "nlp --help": 1.0}})
+
+
+if __name__ == "__main__":
+    main()
