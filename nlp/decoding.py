@@ -33,7 +33,8 @@ STRATEGIES = ("greedy", "sample", "beam")
 MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy (dividing by a tinier one overflows the scores)
 
 
-def _whole(value) -> bool:
+def is_whole(value) -> bool:
+    """An int that is not a bool (JSON and argparse give both)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -65,12 +66,12 @@ class GenerationConfig:
                 raise GenerationError(f"{name} must be a finite number, got {value!r}")
         for name in ("max_new_tokens", "min_new_tokens", "top_k", "no_repeat_ngram_size", "num_beams",
                      "num_return_sequences", "num_candidates"):
-            if not _whole(getattr(self, name)):
+            if not is_whole(getattr(self, name)):
                 raise GenerationError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         for name in ("stop_at_eos", "allow_unk"):
             if not isinstance(getattr(self, name), bool):
                 raise GenerationError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.banned_ids, tuple) or not all(_whole(t) and t >= 0 for t in self.banned_ids):
+        if not isinstance(self.banned_ids, tuple) or not all(is_whole(t) and t >= 0 for t in self.banned_ids):
             raise GenerationError(f"banned_ids must be a list of token ids, got {self.banned_ids!r}")
         checks = [(self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
                   (0 <= self.min_new_tokens <= self.max_new_tokens,

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 
 from nlp.checkpoint import CONFIG, Checkpoint, CheckpointError, load_checkpoint, rebuild_hint
 from nlp.data import pad
-from nlp.decoding import GenerationConfig, GenerationError, beam_search, decode_text, sample_tokens, stream_text
+from nlp.decoding import (
+    GenerationConfig,
+    GenerationError,
+    beam_search,
+    decode_text,
+    is_whole,
+    sample_tokens,
+    stream_text,
+)
 from nlp.models import transposed_linear_weights
 from nlp.ranking import RankWeights, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
@@ -114,7 +122,6 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
     reads (context length, default decoding, ranking weights, neutral rule) checked, so that a damaged entry
     is a CheckpointError here, not a traceback in the middle of a reply."""
     ck = load_checkpoint(path, impl=impl)
-    transposed_linear_weights(ck.model)  # inference only: faster batch-1 steps, the same values
     if task and ck.task != task:
         raise CheckpointError(f"{path} holds a {TASK_NAMES.get(ck.task, ck.task)}, not a {TASK_NAMES[task]}")
     where = ck.path / CONFIG
@@ -124,7 +131,7 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
                                   f"{type(ck.config[key]).__name__}: {rebuild_hint(ck.path)}")
     for key in ("context_turns", "max_src_len"):
         value = ck.config.get("train", {}).get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole(value) or value < 1:
             raise CheckpointError(f"{where}: train.{key} must be a whole number >= 1, got {value!r}")
     try:
         default_decoding(ck)
@@ -133,6 +140,7 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
     except (GenerationError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{where}: a damaged \"decoding\" or \"neutral\" entry ({e}); delete that entry "
                               "to use the defaults") from None
+    transposed_linear_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
     return ck
 
 
