@@ -42,7 +42,11 @@ def fewer_malloc_arenas(arenas: int = 2) -> None:
     with a script thread per session doing tensor work, the server's memory grows with the sessions. Two
     arenas (as MALLOC_ARENA_MAX=2) keep it flat. Elsewhere than glibc this does nothing."""
     try:
-        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        # M_MMAP_THRESHOLD fixed at 1 MB: tensors above it are mapped and unmapped, never kept in an arena (glibc
+        # otherwise raises the threshold after the first large free, and freed tensors stay resident)
+        libc.mallopt(-3, 1 << 20)
     except (AttributeError, OSError):
         pass
 
