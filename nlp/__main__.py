@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 # only the error types at import time: `--help` and argument errors never wait for torch or datasets
-from nlp.errors import CheckpointError, ConfigError, CorpusError, GenerationError, TokenizerError
+from nlp.errors import CheckpointError, ConfigError, CorpusError, GenerationError, TokenizerError, TrainingError
 
 
 def at_least(minimum: int):
@@ -119,9 +119,10 @@ def cmd_tokenizer(a) -> int:
 
 def cmd_eval(a) -> int:
     from nlp.evaluate import evaluate, record
+    from nlp.tasks import TASKS
 
     ck = load(a.checkpoint, task=_task_of_checkpoint(a.checkpoint))
-    gen = generation_config(a, ck) if ck.task == "chat" else None
+    gen = generation_config(a, ck) if TASKS[ck.task].decodes else None
     result = evaluate(ck, a.corpus, a.split, a.max_examples, gen, seed=a.seed or 0)
     where = []
     if a.output:
@@ -378,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError, FileNotFoundError,
-               IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError, TrainingError,
+               FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _guard(fn) -> int:

@@ -4,9 +4,7 @@ Nothing here goes through pickle: tensors are safetensors, everything else JSON.
 a temporary name and renamed into place, config.json last; config.json records the sha256 of the weights
 and the tokenizer, so a folder left half-written by a crash is detected on load rather than half-loaded.
 Weights may be stored in float16 (half the size) and are loaded back as float32.
-
-Training state for --resume (optimizer, scheduler, RNG, position) lives in `resume/` inside the run folder,
-in the same two formats.
+(A training run's resume state is apart from this: nlp/train_state.py.)
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -76,6 +73,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, ex
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in state.items()}
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # such a file would only fail to load (or serve NaN); whatever is at `path` stays
+        raise CheckpointError(f"not saving {path}: {', '.join(bad[:3])} hold NaN or infinity"
+                              + (" (too large for float16)" if half else ""))
     tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # like the other files; a host serving the folder as another user can read it
@@ -241,66 +242,3 @@ def read_metrics(path: Path, problems: list[str]) -> dict | None:
         else:
             problems.append(f"{file}: the entry {name!r} is not a result (metrics and baselines); it is not shown")
     return kept
-
-
-# --------------------------------------------------------------------------- training state (resume)
-def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
-    for idx, st in opt_state["state"].items():
-        meta["state"][str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                meta["state"][str(idx)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict = {int(i): dict(v) for i, v in meta["state"].items()}
-    for key, t in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = t
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_training_state(folder: Path, model: nn.Module, optimizer, scheduler, info: dict) -> None:
-    """Everything --resume needs, without pickle."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.cpu() for k, v in unique_state(model).items()}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    tensors.update(opt_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    tmp = folder / f".state.safetensors.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "state.safetensors")
-    sched = scheduler.state_dict() if scheduler is not None else None
-    if sched is not None:
-        sched = {k: v for k, v in sched.items() if k != "lr_lambdas"}  # functions are rebuilt from the config
-    write_json(folder / "state.json", {"optimizer": opt_meta, "scheduler": sched, **info})
-
-
-def load_training_state(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
-    try:
-        info = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"cannot resume from {folder}: {e}") from None
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(model_state, strict=False)
-    tied = set(model.state_dict()) - set(unique_state(model))
-    if set(missing) - tied or unexpected:
-        raise CheckpointError(f"cannot resume from {folder}: its model does not match this configuration")
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, info["optimizer"]))
-    if scheduler is not None and info.get("scheduler"):
-        scheduler.load_state_dict({**scheduler.state_dict(), **info["scheduler"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    return info

@@ -14,14 +14,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nlp.models import MODELS
+from nlp.tasks import TASKS
 
 
 @dataclass
 class TrainConfig:
     task: str = field(default="lm", metadata={"help": "lm | chat | sentiment"})
-    corpus: list[str] = field(default_factory=lambda: ["wikitext2"],
-                              metadata={"help": "corpus names, hf:NAME or files; several are concatenated"})
+    corpus: list[str] = field(default_factory=list, metadata={
+        "help": "corpus names, hf:NAME or files; several are concatenated (default: the task's, nlp/tasks.py)"})
     out: str = field(default="", metadata={"help": "run folder = checkpoint folder (default runs/<task>)"})
     tokenizer: str = field(default="", metadata={"help": "tokenizer.model to use; empty = train one"})
     tokenizer_corpus: list[str] = field(default_factory=list,
@@ -64,6 +64,8 @@ class TrainConfig:
     eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = all)"})
     patience: int = field(default=3, metadata={"help": "early stop after this many evaluations without gain"})
     log_every: int = field(default=50, metadata={"help": "log the training loss every N steps"})
+    max_nonfinite: int = field(default=5, metadata={"help": "stop after this many steps in a row whose loss or "
+                                                            "gradient is not finite (each is skipped)"})
     save_every: int = field(default=500, metadata={"help": "save the resume state every N steps (0 = only at "
                                                            "evaluations and stops)"})
     seed: int = field(default=1234, metadata={"help": "seed for init, shuffling and dropout"})
@@ -136,9 +138,11 @@ def resolve_config(argv: list[str], description: str | None = None) -> TrainConf
             values[name] = _cast(v, hints[name]) if isinstance(v, str) and hints[name] is not str else v
     model = dict(values.get("model", {}))
     task = values.get("task", "lm")
-    if task not in MODELS:
-        parser.error(f"--task must be one of {list(MODELS)}")
-    mhints = typing.get_type_hints(MODELS[task].Config)
+    if task not in TASKS:
+        parser.error(f"--task must be one of {list(TASKS)}")
+    for k, v in TASKS[task].defaults.items():
+        values.setdefault(k, v)
+    mhints = typing.get_type_hints(TASKS[task].model_class.Config)
     it = iter(rest)
     for tok in it:
         if not tok.startswith("--model."):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from nlp.errors import GenerationError
+from nlp.errors import GenerationError, NonFiniteScores
 from nlp.tokenizer import BOS, EOS, Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -149,7 +149,12 @@ def banned_ngram_tokens(history: list[int], n: int, vocab: int | None = None) ->
 
 def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, generated: int) -> Tensor:
     """Minimum length, repetition penalty and n-gram bans on log-probs (K, V), one history per row;
-    `generated` tokens are out so far. Vectorised over rows (sample-and-rank decodes many at once)."""
+    `generated` tokens are out so far. Vectorised over rows (sample-and-rank decodes many at once).
+    Every decoding loop passes the model's scores through here first: a NaN or infinite one (weights or
+    activations that overflowed) raises NonFiniteScores rather than yielding arbitrary tokens."""
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteScores("the model's next-token scores are not finite numbers (NaN or infinity): its "
+                              "weights or activations overflowed, so no text can be drawn from them")
     early = generated < cfg.min_new_tokens
     if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early and not cfg.banned_ids:
         return scores

@@ -23,3 +23,13 @@ class GenerationError(ValueError):
 
 class ConfigError(ValueError):
     """A model or training setting that cannot be used."""
+
+
+class TrainingError(Exception):
+    """A training run cannot go on (its loss or weights stopped being finite numbers); the message says what was
+    kept and what to change."""
+
+
+class NonFiniteScores(GenerationError):
+    """The model's next-token scores hold NaN or infinity (its weights or an input overflowed): nothing sensible
+    can be sampled from them."""

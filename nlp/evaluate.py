@@ -78,7 +78,7 @@ def unigram_baseline(train_texts: list[str], test_texts: list[str]) -> dict:
     return {"word_perplexity": math.exp(nll / n)}
 
 
-def eval_lm(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tuple[dict, dict]:
+def eval_lm(ck: Checkpoint, dd, split: str, max_examples: int) -> tuple[dict, dict]:
     ds = dd[split] if not max_examples else dd[split].select(range(min(max_examples, len(dd[split]))))
     stream = D.lm_stream(ds, ck.tokenizer)
     total = lm_nll(ck.model, stream)
@@ -116,7 +116,7 @@ def vader_labels(texts: list[str]) -> list[int]:
     return [int(sia.polarity_scores(t)["compound"] >= 0) for t in texts]
 
 
-def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int, **_) -> tuple[dict, dict]:
+def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int) -> tuple[dict, dict]:
     ds = dd[split] if not max_examples else dd[split].select(range(min(max_examples, len(dd[split]))))
     results = classify(ck, list(ds["text"]))
     keep = [i for i, y in enumerate(ds["label"]) if y >= 0]
@@ -316,8 +316,8 @@ def ranking_components(model, examples: list, cands: list[list[int]], prior: boo
 
 
 @torch.no_grad()
-def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: GenerationConfig, seed: int = 0,
-              **_) -> tuple[dict, dict]:
+def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: GenerationConfig,
+              seed: int = 0) -> tuple[dict, dict]:
     ds, examples, contexts = chat_rows(ck, dd, split, max_examples, seed)
     model = ck.model
     # perplexity of the reference replies (teacher forcing), per token and per word
@@ -409,9 +409,6 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
             "grid": grid, "f1": {str(n): v for n, v in f1.items()}}
 
 
-EVALUATORS = {"lm": eval_lm, "sentiment": eval_sentiment, "chat": eval_chat}
-
-
 def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int = 0,
              gen: GenerationConfig | None = None, seed: int = 0) -> dict:
     dd = load_corpus(corpus)
@@ -419,11 +416,14 @@ def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int
         raise CorpusError(f"{corpus} is a {task_of(dd)} corpus; the checkpoint is a {ck.task} model")
     if split not in dd:
         raise CorpusError(f"{corpus} has no split {split!r} (it has {list(dd)})")
-    gen = gen or default_decoding(ck)
-    metrics, baselines = EVALUATORS[ck.task](ck, dd, split, max_examples, gen=gen, seed=seed)
+    from nlp.tasks import TASKS
+
+    task = TASKS[ck.task]
+    gen = (gen or default_decoding(ck)) if task.decodes else None
+    metrics, baselines = task.evaluate(ck, dd, split, max_examples, gen, seed)
     result = {"task": ck.task, "corpus": corpus, "split": split, "checkpoint": str(ck.path),
               "metrics": metrics, "baselines": baselines, "max_examples": max_examples or None}
-    if ck.task == "chat":
+    if task.decodes:
         result["decoding"] = {**gen.__dict__, "seed": seed}
     return result
 

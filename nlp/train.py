@@ -1,4 +1,4 @@
-"""One Trainer for the three tasks: lm, chat, sentiment.
+"""One Trainer for every task (nlp/tasks.py): the loop, the optimizer and schedule, evaluation, checkpoints, resume.
 
     python -m nlp train --config configs/lm.toml                   # the shipped recipe
     python -m nlp train --config configs/lm.toml --lr 1e-3 --model.hidden_size 200 --max-steps 100
@@ -6,137 +6,172 @@
     torchrun --nproc_per_node 4 -m nlp train --config configs/lm.toml   # data parallel (DDP)
 
 The run folder (--out) is itself a checkpoint folder: the best model so far (by validation loss), its
-tokenizer, `train_log.jsonl` (every metric, one JSON object a line) and `resume/` (optimizer, scheduler,
-RNG and position) so `--resume` continues an interrupted run where it stopped. Ctrl-C, SIGTERM, --max-steps
-and --max-minutes all stop cleanly after saving that state.
+tokenizer, `train_log.jsonl` (every metric, one JSON object a line) and `resume/` (nlp/train_state.py) so
+`--resume` continues an interrupted run exactly where it stopped. Ctrl-C and SIGTERM ask the loop to stop; it
+finishes the step in hand, saves and exits (a second Ctrl-C quits at once, keeping the last saved state).
+--max-steps and --max-minutes stop the same way. A step whose loss or gradient is not finite is skipped (and
+counted in the log); after --max-nonfinite of them in a row the run stops with an error.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
 import tempfile
+import threading
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import datasets
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nlp import checkpoint as ckpt
-from nlp import data as D
-from nlp.augment import augment
+from nlp import train_state
 from nlp.config import TrainConfig, resolve_config
-from nlp.corpora import CorpusError, load_corpus, source_of, task_of
-from nlp.models import ConfigError, build_model, token_nll
-from nlp.tokenizer import PAD, SEP, Tokenizer, corpus_texts, train_tokenizer
+from nlp.corpora import load_corpus, source_of, task_of
+from nlp.errors import CheckpointError, ConfigError, CorpusError, TrainingError
+from nlp.runtime import Runtime
+from nlp.tasks import TASKS
+from nlp.tokenizer import Tokenizer, corpus_texts, train_tokenizer
 
 
-# --------------------------------------------------------------------------- distributed helpers
-def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
-    """(device, rank, world size); under torchrun each process takes its own GPU (or shares the CPU)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, rank, world
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls run natively (elsewhere oneDNN emulates them, slower than float32)."""
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype mixed precision uses on this device, or None where it would not pay.
-
-    On a 2-core AVX512-BF16 CPU a 2x512 LSTM language-model step runs 1.6x faster in bfloat16
-    (bench/mixed_precision.py); weights, optimizer state and the loss stay float32.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def all_reduce_sum(*values: float, device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-# --------------------------------------------------------------------------- the trainer
 class Stop(Exception):
     pass
 
 
-# init_from: how the weights of a source model's task are named in the model being trained
-INIT_NAMES = {("sentiment", "lm"): {"rnn.": "encoder."},
-              ("chat", "lm"): {"rnn.": "decoder.", "decoder.bias": "out.bias"}}  # the LM becomes the decoder
+def load_splits(cfg: TrainConfig) -> dict:
+    """The train / validation / test splits of the configured corpora, concatenated (their common columns)."""
+    from datasets import concatenate_datasets
+
+    parts = [load_corpus(name) for name in cfg.corpus]
+    tasks = {task_of(p) for p in parts}
+    if tasks != {cfg.task}:
+        raise CorpusError(f"task {cfg.task!r} cannot train on corpora of task(s) {sorted(tasks)}")
+    splits = {}
+    for s in ("train", "validation", "test"):
+        common = set.intersection(*(set(p[s].column_names) for p in parts))
+        splits[s] = concatenate_datasets([p[s].select_columns(sorted(common)) for p in parts])
+    n = cfg.max_train_examples or (2000 if cfg.dry_run else 0)
+    if n and len(splits["train"]) > n:
+        splits["train"] = splits["train"].select(range(n))
+    if cfg.dry_run:
+        splits["validation"] = splits["validation"].select(range(min(200, len(splits["validation"]))))
+    return splits
+
+
+def seed_everything(seed: int) -> None:
+    """torch's, Python's and NumPy's global RNGs (the last two only matter to code that might use them; seeded, a
+    resumed run's state equals an uninterrupted one's in every stream)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def detach(carry):
+    """Truncated BPTT: keep the carried state's values, cut its graph."""
+    if carry is None:
+        return None
+    return carry.detach() if torch.is_tensor(carry) else tuple(s.detach() for s in carry)
+
+
+@dataclass
+class Progress:
+    """The counters the next step depends on (saved with the resume state)."""
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0                          # batches of this epoch already trained
+    best: float = math.inf                # best validation loss of any evaluation: the saved checkpoint's
+    patience_best: float = math.inf       # best of the scheduled evaluations, which alone drive early stopping
+    bad_evals: int = 0                    # and the plateau schedule, so a stop's extra evaluation changes neither
+    nonfinite: int = 0                    # steps skipped for a non-finite loss or gradient, in all
+    nonfinite_run: int = 0                # ... in a row, up to now
+
+
+class StopRequests:
+    """SIGTERM and Ctrl-C ask the loop to stop between steps (the step in hand finishes and the state is
+    saved); a second Ctrl-C quits at once. Installed on every rank, so a signal to any process counts."""
+
+    def __init__(self, announce: bool):
+        self.signal: int | None = None
+        self.announce = announce
+        self.old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _on(self, signum, frame):
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        if self.announce and signum == signal.SIGINT:
+            print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    @property
+    def reason(self) -> str:
+        return {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (Ctrl-C)"}.get(self.signal, "")
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.device, self.rank, self.world = setup_device(cfg)
-        self.main = self.rank == 0
+        if cfg.task not in TASKS:
+            raise ConfigError(f"unknown task {cfg.task!r}: use one of {list(TASKS)}")
+        self.rt = Runtime.start(cfg.device, cfg.amp)
+        self.device, self.rank, self.world, self.main = self.rt.device, self.rt.rank, self.rt.world, self.rt.main
         self.out = Path(cfg.out)
-        torch.manual_seed(cfg.seed)
-        self.data = self._load_data()
+        seed_everything(cfg.seed)
+        self.data = load_splits(cfg)
         self.tok = self._tokenizer()
-        self._prepare()
-        mcfg = {**cfg.model, "vocab_size": self.tok.vocab_size}
-        self.model = build_model(cfg.task, mcfg).to(self.device)
+        self.task = TASKS[cfg.task](cfg, self.device)
+        self.task.prepare(self.data, self.tok, self.rank, self.world)
+        self.model = self.task.build_model(self.tok.vocab_size)
         self.pretrained: set[str] = set()  # names of the weights init_from copied
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
-        self.ddp = None
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.rank:  # DDP gives every rank rank 0's weights; dropout should differ between ranks
+            torch.manual_seed(cfg.seed + self.rank)
+        self.net = self.rt.wrap(self.model)
         self.opt = self._optimizer()
+        self.steps_per_epoch = len(self.task.epoch_batches(0))
+        saved = self._saved_state() if cfg.resume else None
+        # the schedule's length is fixed when a run starts: a resumed run keeps it, whatever --max-steps says now
+        self.horizon = self.total_steps()
+        if saved and "horizon" in saved[0] and saved[0]["horizon"] != self.horizon:
+            if self.main:
+                print(f"the learning-rate schedule keeps the length this run started with ({saved[0]['horizon']} "
+                      f"steps; these settings would give {self.horizon})", file=sys.stderr)
+            self.horizon = saved[0]["horizon"]
         self.sched = self._scheduler()
-        self.amp_dtype = amp_dtype(self.device) if cfg.amp else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.step, self.epoch, self.pos, self.best, self.bad_evals = 0, 0, 0, math.inf, 0
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
+        self.p = Progress()
+        self.carry = None  # the recurrent state carried from batch to batch (tasks that carry one)
         self.stop_reason = ""
+        if saved:
+            info, tensors = saved
+            self.carry = train_state.restore(self.out / "resume", info, tensors, self.model, self.opt, self.sched,
+                                             self.scaler, self.rank, self.device)
+            self.p = Progress(**{k: info[k] for k in asdict(Progress()) if k in info})
+            if "patience_best" not in info:  # a state saved before the two were told apart
+                self.p.patience_best = self.p.best
+            if self.main:
+                print(f"resuming {self.out} at step {self.p.step} (epoch {self.p.epoch})", file=sys.stderr)
 
-    # data ----------------------------------------------------------------------
-    def _load_data(self):
-        from datasets import concatenate_datasets
-
-        parts = [load_corpus(name) for name in self.cfg.corpus]
-        tasks = {task_of(p) for p in parts}
-        if tasks != {self.cfg.task}:
-            raise CorpusError(f"task {self.cfg.task!r} cannot train on corpora of task(s) {sorted(tasks)}")
-        splits = {}
-        for s in ("train", "validation", "test"):
-            common = set.intersection(*(set(p[s].column_names) for p in parts))
-            splits[s] = concatenate_datasets([p[s].select_columns(sorted(common)) for p in parts])
-        n = self.cfg.max_train_examples or (2000 if self.cfg.dry_run else 0)
-        if n and len(splits["train"]) > n:
-            splits["train"] = splits["train"].select(range(n))
-        if self.cfg.dry_run:
-            splits["validation"] = splits["validation"].select(range(min(200, len(splits["validation"]))))
-        return splits
-
+    # setup ------------------------------------------------------------------------------
     def _tokenizer(self) -> Tokenizer:
         cfg = self.cfg
         own = self.out / ckpt.TOKENIZER
@@ -151,80 +186,31 @@ class Trainer:
             tok = train_tokenizer(texts, vocab_size=vocab, input_sentence_size=20000 if cfg.dry_run else 2_000_000)
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.write_atomic(own, tok.model_bytes)
-        if self.world > 1:
-            dist.barrier()
+        self.rt.barrier()
         return Tokenizer.load(own)
 
-    def _prepare(self):
-        cfg, tok = self.cfg, self.tok
-        if cfg.task == "lm":
-            train = D.lm_stream(self.data["train"], tok)
-            if self.world > 1:  # each process reads its own stretch of the text
-                per = train.numel() // self.world
-                train = train[self.rank * per:(self.rank + 1) * per]
-            self.train_data = D.batchify(train, cfg.batch_size)
-            self.val_data = D.batchify(D.lm_stream(self.data["validation"], tok), cfg.eval_batch_size)
-        elif cfg.task == "chat":
-            args = (tok, cfg.context_turns, cfg.max_src_len, cfg.max_tgt_len)
-            self.train_data = D.chat_examples(self.data["train"], *args)
-            self.val_data = D.chat_examples(self.data["validation"], *args)
-        else:
-            train = self.data["train"]
-            if cfg.negation_augment:
-                blank = dict.fromkeys(train.column_names)  # columns the rules do not write (an id) stay empty
-                extra = [{**blank, **r} for r in augment(list(train), cfg.negation_augment, seed=cfg.seed)]
-                train = datasets.concatenate_datasets([train, datasets.Dataset.from_list(extra,
-                                                                                          features=train.features)])
-                if self.rank == 0:
-                    print(f"negation augmentation: {len(extra)} extra training sentences", file=sys.stderr)
-            self.train_data = D.sentiment_examples(train, tok, cfg.max_len)
-            self.val_data = D.sentiment_examples(self.data["validation"], tok, cfg.max_len)
-        if not len(self.train_data):
-            raise CorpusError("no training examples after tokenization")
-        if not len(self.val_data):  # an empty one would read as a perfect validation loss of 0.0
-            raise CorpusError(f"no validation examples after tokenization (the corpus's validation split has "
-                              f"{len(self.data['validation'])} rows): model choice needs validation data")
+    def _saved_state(self):
+        if not (self.out / "resume" / train_state.STATE).exists():
+            if self.main:
+                print(f"nothing to resume in {self.out}; starting fresh", file=sys.stderr)
+            return None
+        return train_state.read(self.out / "resume")
 
-    def epoch_batches(self, epoch: int) -> list:
-        """This process's batches for an epoch: the same seeded order everywhere, so --resume can skip ahead."""
-        if self.cfg.task == "lm":
-            return D.lm_windows(self.train_data, self.cfg.bptt)
-        batches = D.batches_of(self.train_data, self.cfg.batch_size, random.Random(self.cfg.seed * 1000 + epoch))
-        per = len(batches) // self.world
-        return batches[self.rank * per:(self.rank + 1) * per]  # equal counts, or DDP would wait forever
-
-    def val_batches(self) -> list:
-        """Validation batches; with --eval-batches N, N batches of a fixed random sample of the examples.
-
-        (Batches are built in length order, so the first N batches alone would be the N shortest ones.)
-        """
-        cfg = self.cfg
-        if cfg.task == "lm":  # contiguous text: the first N windows are as representative as any
-            b = D.lm_windows(self.val_data, cfg.bptt)
-            return b[: cfg.eval_batches] if cfg.eval_batches else b
-        examples = self.val_data
-        if cfg.eval_batches and len(examples) > cfg.eval_batches * cfg.eval_batch_size:
-            examples = random.Random(cfg.seed).sample(examples, cfg.eval_batches * cfg.eval_batch_size)
-        return D.batches_of(examples, cfg.eval_batch_size, None)
-
-    # model pieces ----------------------------------------------------------------
     def _init_from(self, path: Path):
         """Copy every weight whose name and shape match (e.g. an LM's embedding into the classifier)."""
         src_ck = ckpt.load_checkpoint(path)
-        source = src_ck.model.state_dict()
         own = self.model.state_dict()
-        names = INIT_NAMES.get((self.cfg.task, src_ck.task), {})
+        names = self.task.init_names.get(src_ck.task, {})
         taken = []
-        for k, v in source.items():
+        for k, v in src_ck.model.state_dict().items():
             a = next((a for a in names if k.startswith(a)), None)  # the first rule that fits renames it
             k = names[a] + k[len(a):] if a else k
             if k in own and own[k].shape == v.shape:
                 own[k].copy_(v)
                 taken.append(k)
         if not taken:
-            raise ckpt.CheckpointError(f"{path}: no weight fits this model")
-        if (self.cfg.task, src_ck.task) == ("chat", "lm") and "decoder.weight_hh_l0" in taken:
-            self.model.pass_decoder_through()  # start out as the LM, then learn to read the context
+            raise CheckpointError(f"{path}: no weight fits this model")
+        self.task.after_init_from(src_ck.task, taken)
         self.pretrained = set(taken)
         self.log({"event": "init_from", "path": str(path), "tensors": taken})
 
@@ -248,8 +234,7 @@ class Trainer:
         raise ConfigError(f"optimizer must be adamw or sgd, got {c.optimizer!r}")
 
     def total_steps(self) -> int:
-        per_epoch = len(self.epoch_batches(0))
-        total = per_epoch * self.cfg.epochs
+        total = self.steps_per_epoch * self.cfg.epochs
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def _scheduler(self):
@@ -260,7 +245,7 @@ class Trainer:
             return None
         if c.schedule != "cosine":
             raise ConfigError(f"schedule must be cosine, plateau or constant, got {c.schedule!r}")
-        total, warm = max(1, self.total_steps()), c.warmup_steps
+        total, warm = max(1, self.horizon), c.warmup_steps
 
         def factor(step: int) -> float:
             if step < warm:
@@ -268,108 +253,52 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
         return torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+    @property
+    def amp_dtype(self):
+        return self.rt.amp_dtype
 
-    # losses ----------------------------------------------------------------------
-    def batch_loss(self, batch, state=None, train: bool = True):
-        """(summed loss, count, carried state, extra sums) for one batch of any task."""
-        m = self.ddp if (self.ddp is not None and train) else self.model
-        dev = self.device
-        ls = self.cfg.label_smoothing if train else 0.0
-        with self.autocast():
-            if self.cfg.task == "lm":
-                # the forward goes through the DDP wrapper (when there is one) so gradients are synchronised
-                hidden, state = m(batch[0].to(dev), state)
-                loss, n = self.model.loss_from_hidden(hidden, batch[1].to(dev), ls)
-                return loss, n, state, {}
-            b = {k: v.to(dev) for k, v in batch.items()}
-            if self.cfg.task == "chat":
-                return self.chat_loss(m, b, ls, train)
-            out = m(b["ids"], b["lengths"])
-            labelled = b["label"] >= 0
-            loss = F.cross_entropy(out["logits"].float(), b["label"], ignore_index=-1, reduction="sum",
-                                   label_smoothing=ls)
-            extra = {"correct": float((out["logits"].argmax(-1) == b["label"])[labelled].sum()),
-                     "labelled": float(labelled.sum())}
-            if "rating" in out:
-                # ratings run -4..+4: scaled to -1..1 so the two losses have comparable sizes
-                loss = loss + self.cfg.rating_weight * F.mse_loss(out["rating"].float(), b["rating"] / 4,
-                                                                  reduction="sum")
-            return loss, torch.tensor(len(b["label"]), device=dev), None, extra
-
-    def chat_loss(self, m, b: dict, ls: float, train: bool):
-        """Reply NLL, plus the next-reply loss when the model has that head: each context of the batch picks
-        its own reply among the batch's replies (the others are the distractors; TransferTransfo, Wolf et al.
-        2019). In training, `empty_context_rate` of the contexts are replaced by an empty one (a lone <sep>),
-        so the same model also learns p(reply) alone, the denominator of the mutual-information score."""
-        cfg, src, src_len = self.cfg, b["src"], b["src_len"]
-        B = src.shape[0]
-        real = torch.ones(B, dtype=torch.bool, device=src.device)
-        if train and cfg.empty_context_rate:
-            real = torch.rand(B, device=src.device) >= cfg.empty_context_rate
-            src = torch.where(real.unsqueeze(1), src, torch.full_like(src, PAD))
-            src[~real, 0] = SEP
-            src_len = torch.where(real, src_len, torch.ones_like(src_len))
-        ranked = self.model.config.rank_dim > 0 and B > 1
-        out = m(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()))
-        loss, n = token_nll(out[0], b["tgt_out"], ls)
-        extra = {}
-        if ranked:
-            scores = out[2]
-            same = (b["reply"].unsqueeze(1) == b["reply"].unsqueeze(0)).all(-1)  # a repeated reply is no distractor
-            scores = scores.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=src.device), float("-inf"))
-            target = torch.arange(B, device=src.device)
-            rank = F.cross_entropy(scores[real], target[real], reduction="sum")
-            loss = loss + cfg.rank_weight * rank / real.sum().clamp(min=1) * n
-            extra = {"rank_correct": float((scores[real].argmax(-1) == target[real]).sum()),
-                     "rank_rows": float(real.sum()), "rank_loss": float(rank.detach())}
-        return loss, n, None, extra
-
-    @torch.no_grad()
-    def context_gain(self, batch) -> tuple[float, float]:
-        """(summed reply NLL with each context swapped for the next row's, the same with the true contexts):
-        how much the model reads its context, in nats."""
-        b = {k: v.to(self.device) for k, v in batch.items()}
-        with self.autocast():
-            true = token_nll(self.model(b["src"], b["src_len"], b["tgt_in"])[0], b["tgt_out"])[0]
-            other = token_nll(self.model(b["src"].roll(1, 0), b["src_len"].roll(1, 0), b["tgt_in"])[0],
-                              b["tgt_out"])[0]
-        return float(other), float(true)
+    # one step ----------------------------------------------------------------------------
+    def train_step(self, batch) -> tuple[float, float]:
+        """Forward, backward, clip, update. -> (mean loss, items). A non-finite loss or gradient norm skips the
+        update (every rank alike) and is counted; the step still counts (the batch is used up)."""
+        cfg = self.cfg
+        with self.rt.autocast():
+            loss_sum, n, carry, _ = self.task.loss(self.net, batch, detach(self.carry), train=True)
+        self.carry = carry
+        loss = loss_sum / n.clamp(min=1)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # with float16 loss scaling an overflowing gradient is the scaler's business: it skips and rescales
+        bad = not torch.isfinite(loss) or (not self.scaler.is_enabled() and not torch.isfinite(norm))
+        (bad,) = self.rt.agree(bad)
+        if bad:
+            self.p.nonfinite += 1
+            self.p.nonfinite_run += 1
+            self.log({"event": "nonfinite", "step": self.p.step + 1, "loss": str(float(loss)),
+                      "grad_norm": str(float(norm))})
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            self.p.nonfinite_run = 0
+            if cfg.clip:
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, norm)
+            self.scaler.step(self.opt)
+        self.scaler.update()
+        if isinstance(self.sched, torch.optim.lr_scheduler.LambdaLR):
+            self.sched.step()
+        return (0.0, 0.0) if bad else (float(loss.detach()), float(n))
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
-        total = count = correct = labelled = 0.0
-        sums: dict[str, float] = {}
-        state = None
-        for batch in self.val_batches():
-            loss, n, state, extra = self.batch_loss(batch, state, train=False)
-            if "rank_loss" in extra:  # the generation loss alone is the validation loss
-                loss = loss - self.cfg.rank_weight * extra["rank_loss"] / max(extra["rank_rows"], 1) * n
-            total, count = total + float(loss), count + float(n)
-            correct += extra.get("correct", 0)
-            labelled += extra.get("labelled", 0)
-            for k in ("rank_correct", "rank_rows", "rank_loss"):
-                sums[k] = sums.get(k, 0.0) + extra.get(k, 0.0)
-            if self.cfg.task == "chat" and len(batch["src"]) > 1:
-                other, true = self.context_gain(batch)
-                sums["gain"] = sums.get("gain", 0.0) + other - true
-                sums["gain_tokens"] = sums.get("gain_tokens", 0.0) + float(n)
+        with self.rt.autocast():
+            metrics = self.task.validate()
         self.model.train()
-        result = {"val_loss": total / max(count, 1)}
-        if self.cfg.task in ("lm", "chat"):
-            result["val_token_perplexity"] = math.exp(min(result["val_loss"], 50))
-        if sums.get("gain_tokens"):
-            result["val_context_gain"] = sums["gain"] / sums["gain_tokens"]
-        if sums.get("rank_rows"):  # hits@1 among the batch's replies (eval_batch_size candidates)
-            result["val_rank_accuracy"] = sums["rank_correct"] / sums["rank_rows"]
-            result["val_rank_loss"] = sums["rank_loss"] / sums["rank_rows"]
-        if self.cfg.task == "sentiment":
-            result["val_accuracy"] = correct / max(labelled, 1)
-        return result
+        return metrics
 
-    # bookkeeping -------------------------------------------------------------------
+    # bookkeeping ---------------------------------------------------------------------------
     def log(self, record: dict):
         if not self.main:
             return
@@ -381,132 +310,144 @@ class Trainer:
         return {"train": {k: v for k, v in asdict(self.cfg).items() if k != "model"},
                 "data": {"corpus": self.cfg.corpus, "train_rows": len(self.data["train"]),
                          "sources": {n: source_of(n) for n in self.cfg.corpus}},
-                "progress": {"step": self.step, "epoch": self.epoch, "best_val_loss": self.best}}
+                "progress": {"step": self.p.step, "epoch": self.p.epoch, "best_val_loss": self.p.best}}
 
     def save_resume(self):
+        """The resume state; a collective call (every rank sends its carried state and RNG to rank 0)."""
+        carries, rngs = self._gather_carry(), self._gather_rng()
         if self.main:
-            ckpt.save_training_state(self.out / "resume", self.model, self.opt, self.sched,
-                                     {"step": self.step, "epoch": self.epoch, "pos": self.pos, "best": self.best,
-                                      "bad_evals": self.bad_evals})
+            train_state.save(self.out / "resume", self.model, self.opt, self.sched, self.scaler,
+                             {**asdict(self.p), "horizon": self.horizon}, carries, rngs)
 
-    def after_eval(self, metrics: dict):
-        self.log({"step": self.step, "epoch": self.epoch, **metrics})
-        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.sched.step(metrics["val_loss"])
-        if metrics["val_loss"] < self.best:
-            self.best, self.bad_evals = metrics["val_loss"], 0
+    def _gather_carry(self) -> list:
+        """Each rank's carried state (tensors of equal shape on every rank), on rank 0."""
+        carry = self.carry
+        if self.world == 1:
+            return [carry]
+        import torch.distributed as dist
+
+        flat, kind = train_state.flatten_carry(carry)
+        gathered = [[torch.empty_like(t) for _ in range(self.world)] for t in flat]
+        for t, out in zip(flat, gathered):
+            dist.all_gather(out, t.detach().contiguous())
+        return [train_state.unflatten_carry([g[r] for g in gathered], kind) for r in range(self.world)]
+
+    def _gather_rng(self) -> list[dict]:
+        """Ranks 1..'s torch CPU RNG states, on rank 0."""
+        if self.world == 1:
+            return []
+        import torch.distributed as dist
+
+        mine = torch.get_rng_state()
+        out = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(out, mine)
+        return [{"rng.torch": t} for t in out[1:]]
+
+    def after_eval(self, metrics: dict, scheduled: bool = True):
+        """Log; keep the checkpoint if this is the best so far. Scheduled evaluations (every eval_every steps or
+        epoch) also drive the plateau schedule and early stopping; the one at a budget stop does not, so a run
+        stopped and resumed makes the same decisions as one that never stopped."""
+        self.log({"step": self.p.step, "epoch": self.p.epoch, **metrics})
+        loss = metrics["val_loss"]
+        if loss < self.p.best:
+            self.p.best = loss
             if self.main:
                 ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(), half=self.cfg.half)
+        if not scheduled:
+            return
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step(loss)
+        if loss < self.p.patience_best:
+            self.p.patience_best, self.p.bad_evals = loss, 0
         else:
-            self.bad_evals += 1
-            if self.cfg.patience and self.bad_evals >= self.cfg.patience:
-                raise Stop(f"early stop: no gain in {self.bad_evals} evaluations")
+            self.p.bad_evals += 1
+            if self.cfg.patience and self.p.bad_evals >= self.cfg.patience:
+                raise Stop(f"early stop: no gain in {self.p.bad_evals} evaluations")
 
-    # the loop ------------------------------------------------------------------------
+    # the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
-        cfg = self.cfg
-        if cfg.resume:
-            if (self.out / "resume" / "state.json").exists():
-                info = ckpt.load_training_state(self.out / "resume", self.model, self.opt, self.sched)
-                self.step, self.epoch, self.pos = info["step"], info["epoch"], info["pos"]
-                self.best, self.bad_evals = info["best"], info["bad_evals"]
-                print(f"resuming {self.out} at step {self.step} (epoch {self.epoch})", file=sys.stderr)
-            else:
-                print(f"nothing to resume in {self.out}; starting fresh", file=sys.stderr)
+        cfg, p = self.cfg, self.p
         max_steps = 3 if cfg.dry_run else cfg.max_steps
         deadline = time.time() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-        self.log({"event": "start", "step": self.step, "config": asdict(cfg), "world_size": self.world,
-                  "device": str(self.device), "parameters": sum(p.numel() for p in self.model.parameters())})
-        stop = {"signal": None}
-
-        def on_term(signum, frame):  # finish the step in hand, save, leave
-            stop["signal"] = signum
-        old = signal.signal(signal.SIGTERM, on_term) if self.main else None
+        self.log({"event": "start", "step": p.step, "config": asdict(cfg), "world_size": self.world,
+                  "device": str(self.device), "parameters": sum(q.numel() for q in self.model.parameters()),
+                  "steps_per_epoch": self.steps_per_epoch, "schedule_steps": self.horizon})
         self.model.train()
         # train_loss and items_per_s in the log cover the steps since the previous log line (time in steps only)
-        busy, tokens, since = 0.0, 0.0, 0.0
-        bar = tqdm(total=max_steps or self.total_steps(), initial=self.step, disable=not self.main,
+        busy, items, since = 0.0, 0.0, 0.0
+        bar = tqdm(total=max_steps or self.total_steps(), initial=p.step, disable=not self.main,
                    desc=f"train {cfg.task}", dynamic_ncols=True)
-        try:
-            while self.epoch < cfg.epochs:
-                batches = self.epoch_batches(self.epoch)
-                state = None
-                while self.pos < len(batches):
-                    if stop["signal"] is not None:
-                        raise Stop("stopped by SIGTERM")
-                    t = time.perf_counter()
-                    loss, n, state = self.train_step(batches[self.pos], state)
-                    self.pos += 1
-                    self.step += 1
-                    tokens += float(n)
-                    since += float(loss) * float(n)
-                    busy += time.perf_counter() - t
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == 1:
-                        self.log({"step": self.step, "epoch": self.epoch, "train_loss": since / max(tokens, 1),
-                                  "lr": self.opt.param_groups[0]["lr"], "items_per_s": tokens / max(busy, 1e-9)})
-                        bar.set_postfix(loss=f"{since / max(tokens, 1):.3f}")
-                        busy, tokens, since = 0.0, 0.0, 0.0
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+        failed, refused = "", False
+        with StopRequests(announce=self.main) as requests:
+            try:
+                while p.epoch < cfg.epochs:
+                    batches = self.task.epoch_batches(p.epoch)
+                    while p.pos < len(batches):
+                        t = time.perf_counter()
+                        loss, n = self.train_step(batches[p.pos])
+                        p.pos += 1
+                        p.step += 1
+                        items, since = items + n, since + loss * n
+                        busy += time.perf_counter() - t
+                        bar.update(1)
+                        if p.step % cfg.log_every == 0 or p.step == 1:
+                            self.log({"step": p.step, "epoch": p.epoch, "train_loss": since / max(items, 1),
+                                      "lr": self.opt.param_groups[0]["lr"], "items_per_s": items / max(busy, 1e-9),
+                                      **({"nonfinite_steps": p.nonfinite} if p.nonfinite else {})})
+                            bar.set_postfix(loss=f"{since / max(items, 1):.3f}")
+                            busy, items, since = 0.0, 0.0, 0.0
+                        if p.nonfinite_run >= cfg.max_nonfinite:
+                            raise Stop(f"the loss or its gradient was not finite for {p.nonfinite_run} steps in a "
+                                       f"row (to step {p.step})")
+                        if cfg.eval_every and p.step % cfg.eval_every == 0:
+                            self.after_eval(self.evaluate())
+                        if cfg.save_every and p.step % cfg.save_every == 0:
+                            self.save_resume()  # so even a hard kill loses at most save_every steps
+                        # every rank stops at the same step, or the others would wait for it forever
+                        signalled, late = self.rt.agree(bool(requests.signal), time.time() > deadline)
+                        if signalled:
+                            raise Stop(requests.reason or "stopped by a signal to another process")
+                        if max_steps and p.step >= max_steps:
+                            raise Stop(f"reached max_steps={max_steps}")
+                        if late:
+                            raise Stop(f"reached max_minutes={cfg.max_minutes}")
+                    p.epoch, p.pos, self.carry = p.epoch + 1, 0, None
+                    if not cfg.eval_every:
                         self.after_eval(self.evaluate())
-                    if cfg.save_every and self.step % cfg.save_every == 0:
-                        self.save_resume()  # so even a hard kill loses at most save_every steps
-                    if max_steps and self.step >= max_steps:
-                        raise Stop(f"reached max_steps={max_steps}")
-                    if time.time() > deadline:
-                        raise Stop(f"reached max_minutes={cfg.max_minutes}")
-                self.epoch, self.pos = self.epoch + 1, 0
-                if not cfg.eval_every:
-                    self.after_eval(self.evaluate())
+                    self.save_resume()
+                self.stop_reason = f"finished {cfg.epochs} epochs"
+                if cfg.eval_every and p.step % cfg.eval_every:  # the steps since the last evaluation count too
+                    self.after_eval(self.evaluate(), scheduled=False)
+            except Stop as s:
+                self.stop_reason = str(s)
+                if self.stop_reason.startswith("reached"):  # a budget ran out: keep what the last stretch learned
+                    self.after_eval(self.evaluate(), scheduled=False)
+                elif "not finite" in self.stop_reason:
+                    failed = self.stop_reason
+            except (TrainingError, CheckpointError) as e:  # a save found non-finite weights and wrote nothing
+                self.stop_reason = failed = str(e)
+                refused = True
+            finally:
+                bar.close()
+        if not refused:
+            try:
                 self.save_resume()
-            self.stop_reason = f"finished {cfg.epochs} epochs"
-            if cfg.eval_every and self.step % cfg.eval_every:  # the steps since the last evaluation count too
-                self.final_eval()
-        except Stop as s:
-            self.stop_reason = str(s)
-            if s.args[0].startswith("reached"):  # a budget ran out: keep what the last stretch learned
-                self.final_eval()
-        except KeyboardInterrupt:
-            self.stop_reason = "interrupted (Ctrl-C)"
-        finally:
-            bar.close()
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
-        self.save_resume()
-        self.ensure_checkpoint()
-        self.log({"event": "stop", "step": self.step, "reason": self.stop_reason, "best_val_loss": self.best})
-        return {"step": self.step, "reason": self.stop_reason, "best_val_loss": self.best, "out": str(self.out)}
-
-    def final_eval(self):
-        try:
-            self.after_eval(self.evaluate())
-        except Stop:
-            pass  # no gain: patience bookkeeping only
+                self.ensure_checkpoint()
+            except (TrainingError, CheckpointError) as e:  # non-finite weights: nothing new is written
+                failed = f"{failed}; {e}" if failed else str(e)
+        self.log({"event": "stop", "step": p.step, "reason": self.stop_reason, "best_val_loss": p.best})
+        if failed:
+            raise TrainingError(f"{failed}. The last finite state saved in {self.out / 'resume'} is kept: lower "
+                                f"--lr or raise --warmup-steps, and --resume (or start again)")
+        return {"step": p.step, "reason": self.stop_reason, "best_val_loss": p.best, "out": str(self.out)}
 
     def ensure_checkpoint(self):
         """A run stopped before its first evaluation still leaves a loadable checkpoint."""
         if self.main and not (self.out / ckpt.CONFIG).exists():
             metrics = self.evaluate()
-            self.log({"step": self.step, "epoch": self.epoch, **metrics})
-            self.best = min(self.best, metrics["val_loss"])
+            self.log({"step": self.p.step, "epoch": self.p.epoch, **metrics})
+            self.p.best = min(self.p.best, metrics["val_loss"])  # (after the resume state was saved)
             ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(), half=self.cfg.half)
-
-    def train_step(self, batch, state):
-        cfg = self.cfg
-        if state is not None:  # truncated BPTT: keep the state, cut the graph
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        loss_sum, n, state, _ = self.batch_loss(batch, state)
-        loss = loss_sum / n.clamp(min=1)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.clip:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        if isinstance(self.sched, torch.optim.lr_scheduler.LambdaLR):
-            self.sched.step()
-        return loss.detach(), n, state
 
 
 def run(argv: list[str]) -> int:
@@ -514,12 +455,13 @@ def run(argv: list[str]) -> int:
     if cfg.dry_run and "--out" not in argv:
         cfg.out = tempfile.mkdtemp(prefix="nlp-dry-run-")
     trainer = Trainer(cfg)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.rt.close()
     if trainer.main:
         print(json.dumps(result))
         if not cfg.dry_run:
             print(f"checkpoint: {cfg.out}  (evaluate: python -m nlp eval --checkpoint {cfg.out} "
                   f"--corpus {cfg.corpus[0]} --split test)", file=sys.stderr)
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
     return 0

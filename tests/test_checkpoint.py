@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nlp import checkpoint as ckpt
+from nlp import train_state
 from nlp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nlp.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
 
@@ -75,13 +76,30 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, tokenizer, damage):
         cfg["model"]["hidden_size"] = cfg["model"]["emb_dim"] = 32
         del cfg["files"]
         (path / ckpt.CONFIG).write_text(json.dumps(cfg))
-    elif damage == "nan_weights":  # what a diverged run would save; no checksum can tell
-        model = small_lm(tokenizer)
-        with torch.no_grad():
-            model.embed.weight[3, 0] = float("nan")
-        save_checkpoint(path, model, tokenizer)
+    elif damage == "nan_weights":  # what a diverged run could write (save_checkpoint refuses); no checksum can tell
+        from safetensors.torch import save_file
+
+        weights = ckpt.unique_state(small_lm(tokenizer))
+        weights["embed.weight"][3, 0] = float("nan")
+        save_file(weights, str(path / ckpt.WEIGHTS))
+        cfg["files"][ckpt.WEIGHTS] = ckpt._file_sha256(path / ckpt.WEIGHTS)
+        (path / ckpt.CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_nonfinite_weights_are_not_saved_and_the_old_checkpoint_stays(tmp_path, tokenizer, half):
+    path = tmp_path / "c"
+    save_checkpoint(path, small_lm(tokenizer), tokenizer)
+    before = (path / ckpt.WEIGHTS).read_bytes()
+    model = small_lm(tokenizer)
+    with torch.no_grad():
+        model.embed.weight[3, 0] = 1e6 if half else float("inf")  # 1e6 is past float16's largest, 65504
+    with pytest.raises(CheckpointError, match="NaN or infinity"):
+        save_checkpoint(path, model, tokenizer, half=half)
+    assert (path / ckpt.WEIGHTS).read_bytes() == before
+    load_checkpoint(path)
 
 
 def test_unhashed_but_corrupt_weights_are_still_caught(tmp_path, tokenizer):
@@ -111,11 +129,12 @@ def test_training_state_round_trip(tmp_path, tokenizer, no_pickle):
         loss.backward()
         opt.step()
         sched.step()
-    ckpt.save_training_state(tmp_path / "r", m, opt, sched, {"step": 2})
+    train_state.save(tmp_path / "r", m, opt, sched, counters={"step": 2})
     m2 = small_lm(tokenizer).train()
     opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
-    info = ckpt.load_training_state(tmp_path / "r", m2, opt2, sched2)
+    info, tensors = train_state.read(tmp_path / "r")
+    train_state.restore(tmp_path / "r", info, tensors, m2, opt2, sched2)
     assert info["step"] == 2
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     for a, b in zip(m.parameters(), m2.parameters()):

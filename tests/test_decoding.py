@@ -257,3 +257,22 @@ def test_a_flat_distribution_is_drawn_from_the_whole_vocabulary():
     assert torch.equal(drawn, torch.multinomial(torch.softmax(filter_scores(flat[:1].expand(4000, -1), cfg), -1), 1,
                                                 generator=torch.Generator().manual_seed(0)).squeeze(-1))
     assert drawn.unique().numel() > 400
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_nonfinite_model_scores_raise_the_projects_own_error(strategy):
+    """A model whose scores overflowed gives NonFiniteScores (a GenerationError: the app shows it as a message),
+    not tokens drawn from NaN."""
+    from nlp.errors import NonFiniteScores
+
+    torch.manual_seed(0)
+    m = LanguageModel(LMConfig(vocab_size=V, emb_dim=16, hidden_size=16, dropout=0.0)).eval()
+    with torch.no_grad():
+        m.decoder.bias[7] = float("nan")
+    cfg = GenerationConfig(strategy=strategy, max_new_tokens=5)
+    with pytest.raises(NonFiniteScores, match="not finite"):
+        if strategy == "beam":
+            beam_search(m, [5, 6], cfg)
+        else:
+            list(sample_tokens(m, [5, 6], cfg, make_generator(0)))
+    assert issubclass(NonFiniteScores, GenerationError)

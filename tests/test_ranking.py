@@ -100,7 +100,7 @@ def test_training_with_the_head_lowers_the_next_reply_loss(tmp_path, tokenizer):
     argv = ["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path), "--no-amp",
             "--log-every", "5", *TINY["chat"], "--epochs", "3", "--eval-batches", "2", "--eval-batch-size", "8"]
     trainer = Trainer(resolve_config([*argv, "--out", str(tmp_path / "a")]))
-    trainer.val_data = trainer.train_data[:64]  # does it learn (the fixture is too small to generalise)?
+    trainer.task.val_data = trainer.task.train_data[:64]  # does it learn (the fixture is too small to generalise)?
     before = trainer.evaluate()
     trainer.fit()
     after = trainer.evaluate()
@@ -116,9 +116,9 @@ def test_rank_loss_treats_a_repeated_reply_as_no_distractor(tmp_path, tokenizer)
     trainer.model.eval()
     same = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [40, 41])])
     other = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [42, 43])])
-    _, _, _, extra = trainer.chat_loss(trainer.model, same, 0.0, train=False)
+    _, _, _, extra = trainer.task.loss(trainer.model, same, None, train=False)
     assert extra["rank_loss"] == pytest.approx(0.0, abs=1e-5)  # each context's only candidate is its own reply
-    _, _, _, extra = trainer.chat_loss(trainer.model, other, 0.0, train=False)
+    _, _, _, extra = trainer.task.loss(trainer.model, other, None, train=False)
     assert extra["rank_loss"] > 0
 
 
@@ -134,7 +134,7 @@ def test_empty_context_rate_trains_some_rows_without_their_context(tmp_path, tok
     real = trainer.model.forward
     monkeypatch.setattr(trainer.model, "forward", spy)
     batch = collate_chat([ChatExample([5, 6, 7], [40, 41]), ChatExample([8, 9], [42])])
-    trainer.chat_loss(trainer.model, batch, 0.0, train=True)
+    trainer.task.loss(trainer.model, batch, None, train=True)
     assert seen["len"].tolist() == [1, 1] and seen["src"][:, 0].tolist() == R.EMPTY_CONTEXT * 2
     assert (seen["src"][:, 1:] == 0).all()
 

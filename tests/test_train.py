@@ -90,11 +90,11 @@ def test_eval_batches_sample_the_validation_set_not_its_shortest_examples(tmp_pa
     cfg = resolve_config(["--task", "sentiment", "--corpus", str(SENTIMENT), "--tokenizer", str(tokenizer.path),
                           "--out", str(tmp_path / "s"), "--eval-batches", "2", "--eval-batch-size", "4"])
     trainer = Trainer(cfg)
-    every = sorted(len(e.ids) for e in trainer.val_data)
-    picked = sorted(int(n) for b in trainer.val_batches() for n in b["lengths"])
+    every = sorted(len(e.ids) for e in trainer.task.val_data)
+    picked = sorted(int(n) for b in trainer.task.val_batches() for n in b["lengths"])
     assert len(picked) == 8 and len(every) > 16
     assert picked != every[:8]  # not simply the shortest eight
-    assert trainer.val_batches()[0]["ids"].equal(trainer.val_batches()[0]["ids"])  # the same sample each time
+    assert trainer.task.val_batches()[0]["ids"].equal(trainer.task.val_batches()[0]["ids"])  # the same sample each time
 
 
 def test_a_finished_run_evaluates_the_steps_after_its_last_periodic_evaluation(tmp_path, tokenizer):
@@ -132,21 +132,6 @@ def test_logged_train_loss_covers_the_steps_since_the_previous_line(tmp_path, to
     assert lines[3]["train_loss"] == pytest.approx((per_step[2] + per_step[3]) / 2, rel=1e-5)
     assert lines[6]["train_loss"] == pytest.approx(sum(per_step[s] for s in (4, 5, 6)) / 3, rel=1e-5)
     assert all(r["items_per_s"] > 0 for r in lines.values())
-
-
-def test_resume_restores_the_exact_model(tmp_path, tokenizer):
-    """Stopping at step 4 and resuming to 8 gives the weights of an uninterrupted run to 8."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    args = ["--epochs", "2", "--model.dropout", "0.3", "--eval-every", "1000"]  # dropout: the RNG is restored too
-    train_tiny("sentiment", a, tokenizer.path, "--max-steps", "8", *args)
-    train_tiny("sentiment", b, tokenizer.path, "--max-steps", "4", *args)
-    train_tiny("sentiment", b, tokenizer.path, "--max-steps", "8", "--resume", *args)
-    from safetensors.torch import load_file
-    wa = load_file(str(a / "resume" / "state.safetensors"))
-    wb = load_file(str(b / "resume" / "state.safetensors"))
-    for k in wa:
-        if k.startswith("model."):
-            torch.testing.assert_close(wa[k], wb[k], msg=k)
 
 
 def test_dry_run_writes_to_a_temporary_folder(tmp_path, capsys, tokenizer):
@@ -216,11 +201,11 @@ def _bf16_lstm_runs() -> bool:
 def test_bfloat16_autocast_on_cpu_trains_every_task(tmp_path, tokenizer, monkeypatch, task, extra):
     """What `amp` does on a CPU with native bf16, forced here so that it runs on other CPUs too where oneDNN can
     emulate it. (On an AVX2-only CPU oneDNN has no bf16 LSTM at all, and `amp` rightly stays float32 there.)"""
-    import nlp.train
+    import nlp.runtime
 
     if not _bf16_lstm_runs():
         pytest.skip("this CPU's oneDNN has no bfloat16 LSTM (no AVX512-BF16/AMX, no emulation)")
-    monkeypatch.setattr(nlp.train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(nlp.runtime, "cpu_has_native_bf16", lambda: True)
     argv = ["--task", task, "--corpus", str(CORPUS[task]), "--tokenizer", str(tokenizer.path),
             "--out", str(tmp_path / "r"), "--device", "cpu", "--max-steps", "3", "--log-every", "1",
             *TINY[task], *extra]
@@ -256,8 +241,9 @@ def test_torchrun_data_parallel_on_two_processes(tmp_path, tokenizer):
     assert load_checkpoint(out).task == "sentiment"
 
 
-def test_sigterm_stops_a_run_after_saving_its_state(tmp_path, tokenizer):
-    """What a scheduler or `kill` sends: the step in hand finishes, the state is saved, the process exits 0."""
+@pytest.mark.parametrize("sig,reason", [("SIGTERM", "stopped by SIGTERM"), ("SIGINT", "interrupted (Ctrl-C)")])
+def test_a_signal_stops_a_run_after_saving_its_state(tmp_path, tokenizer, sig, reason):
+    """What a scheduler or `kill` sends, or Ctrl-C: the step in hand finishes, the state is saved, exit 0."""
     import os
     import signal
     import subprocess
@@ -274,13 +260,13 @@ def test_sigterm_stops_a_run_after_saving_its_state(tmp_path, tokenizer):
         while not (log.exists() and '"train_loss"' in log.read_text()):  # text: a line may be half written
             assert proc.poll() is None and time.time() < deadline, "the run never started training"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, sig))
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
     stop = log_of(out)[-1]
-    assert stop["event"] == "stop" and stop["reason"] == "stopped by SIGTERM"
+    assert stop["event"] == "stop" and stop["reason"] == reason
     assert (out / "resume").is_dir() and load_checkpoint(out).task == "lm"
     again = train_tiny("lm", out, tokenizer.path, "--resume", "--max-steps", str(stop["step"] + 1))
     assert again["step"] == stop["step"] + 1  # it carries on from where it stopped
@@ -295,11 +281,11 @@ def test_a_hard_kill_resumes_from_the_last_periodic_save(tmp_path, tokenizer, mo
     calls = {"n": 0}
     real = T.Trainer.train_step
 
-    def dying(self, batch, state):
+    def dying(self, batch):
         calls["n"] += 1
         if calls["n"] == 6:
             raise SystemExit("killed")
-        return real(self, batch, state)
+        return real(self, batch)
 
     monkeypatch.setattr(T.Trainer, "train_step", dying)
     with pytest.raises(SystemExit):
@@ -356,3 +342,105 @@ def test_init_lr_scale_moves_the_copied_weights_slower(tmp_path, tokenizer, trai
 
     with pytest.raises(ValueError, match="init_lr_scale"):
         Trainer(resolve_config([*argv, "--out", str(tmp_path / "c"), "--init-lr-scale", "-1"]))
+
+
+def test_a_second_ctrl_c_quits_at_once():
+    import signal
+
+    from nlp.train import StopRequests
+
+    requests = StopRequests(announce=False)
+    requests._on(signal.SIGINT, None)  # the first asks the loop to stop after the step in hand
+    assert requests.reason == "interrupted (Ctrl-C)"
+    with pytest.raises(KeyboardInterrupt):
+        requests._on(signal.SIGINT, None)
+
+
+def nan_on_steps(monkeypatch, trainer, steps: set[int]):
+    """Make the task's training loss NaN on the given (1-based) steps."""
+    real = trainer.task.loss
+
+    def loss(net, batch, carry, train):
+        out = real(net, batch, carry, train)
+        if train and trainer.p.step + 1 in steps:
+            return (out[0] * float("nan"), *out[1:])
+        return out
+    monkeypatch.setattr(trainer.task, "loss", loss)
+
+
+def lm_trainer(tmp_path, tokenizer, *extra):
+    argv = ["--task", "lm", "--corpus", str(LM_TEXT), "--out", str(tmp_path / "r"), "--tokenizer",
+            str(tokenizer.path), "--log-every", "1", "--no-amp", *TINY["lm"], *extra]
+    return Trainer(resolve_config(argv))
+
+
+def test_a_step_with_a_nonfinite_loss_is_skipped_and_counted(tmp_path, tokenizer, monkeypatch):
+    trainer = lm_trainer(tmp_path, tokenizer, "--max-steps", "8", "--save-every", "0")
+    nan_on_steps(monkeypatch, trainer, {3, 4})
+    weights = {}
+    real_step = trainer.train_step
+
+    def step(batch):
+        weights[trainer.p.step] = [q.detach().clone() for q in trainer.model.parameters()]
+        return real_step(batch)
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert trainer.fit()["step"] == 8
+    # steps 3 and 4 left the weights as they were (step 5 starts from what step 2 made)
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[4]))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[1], weights[2]))
+    records = log_of(tmp_path / "r")
+    assert [r["step"] for r in records if r.get("event") == "nonfinite"] == [3, 4]
+    assert next(r for r in records if r.get("step") == 8 and "train_loss" in r)["nonfinite_steps"] == 2
+    assert all(math.isfinite(r["train_loss"]) for r in records if "train_loss" in r)
+    assert all(torch.isfinite(q).all() for q in load_checkpoint(tmp_path / "r").model.parameters())
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run_with_a_clear_error(tmp_path, tokenizer, monkeypatch):
+    from nlp.errors import TrainingError
+
+    trainer = lm_trainer(tmp_path, tokenizer, "--max-steps", "50", "--save-every", "3", "--max-nonfinite", "4")
+    nan_on_steps(monkeypatch, trainer, set(range(5, 100)))
+    with pytest.raises(TrainingError, match=r"not finite for 4 steps in a row \(to step 8\).*--lr"):
+        trainer.fit()
+    assert log_of(tmp_path / "r")[-1]["event"] == "stop"
+    state = json.loads((tmp_path / "r" / "resume" / "state.json").read_text())
+    assert state["step"] == 8 and state["nonfinite_run"] == 4  # the weights stayed finite, so they were saved
+    assert load_checkpoint(tmp_path / "r").task == "lm"
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path, tokenizer, monkeypatch):
+    """Weights that overflowed (poisoned here after step 4) are neither written as resume state nor as the
+    checkpoint: the step-3 state stays, and the run ends with an error that says so."""
+    from safetensors.torch import load_file
+
+    from nlp.errors import TrainingError
+
+    trainer = lm_trainer(tmp_path, tokenizer, "--max-steps", "20", "--save-every", "3", "--eval-every", "2")
+    real_step = trainer.train_step
+
+    def step(batch):
+        out = real_step(batch)
+        if trainer.p.step + 1 == 4:
+            with torch.no_grad():
+                trainer.model.embed.weight[5, 0] = float("inf")
+        return out
+    monkeypatch.setattr(trainer, "train_step", step)
+    with pytest.raises(TrainingError, match="NaN or infinity.*not saved"):
+        trainer.fit()
+    state = load_file(str(tmp_path / "r" / "resume" / "state.safetensors"))
+    assert json.loads((tmp_path / "r" / "resume" / "state.json").read_text())["step"] == 3
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    assert all(torch.isfinite(q).all() for q in load_checkpoint(tmp_path / "r").model.parameters())
+
+
+def test_a_resumed_run_keeps_its_learning_rate_schedule(tmp_path, tokenizer, capsys):
+    """The cosine schedule's length is fixed when the run starts (so a resumed run's learning rate at each step is
+    that of a run that never stopped); resuming with settings that would change it says so and keeps it."""
+    out = tmp_path / "h"
+    args = ["--warmup-steps", "2", "--log-every", "1"]
+    train_tiny("lm", out, tokenizer.path, "--max-steps", "6", *args)
+    train_tiny("lm", out, tokenizer.path, "--max-steps", "8", "--resume", *args)
+    assert "keeps the length this run started with (6 steps; these settings would give 8)" in capsys.readouterr().err
+    assert [r["schedule_steps"] for r in log_of(out) if r.get("event") == "start"] == [6, 6]
+    lrs = {r["step"]: r["lr"] for r in log_of(out) if "lr" in r}
+    assert lrs[3] > lrs[5] > 0 and lrs[7] == lrs[8] == 0.0  # past its end the cosine stays at 0

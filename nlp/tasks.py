@@ -1,0 +1,262 @@
+"""The three tasks behind one interface: what the Trainer, `eval` and the CLI need to know about a task.
+
+A Task owns its examples and batches, its loss, its validation score, its evaluation (metrics and baselines,
+in nlp/evaluate.py) and its recipe defaults. The Trainer loops over any task and names none of them; adding a
+fourth (translation, forecasting) means one class here, registered in TASKS, plus its model in nlp/models.py.
+
+    task = TASKS["lm"](cfg, device)            # cfg: a TrainConfig
+    task.prepare(splits, tokenizer, rank, world)
+    model = task.build_model(vocab_size)
+    loss, count, carry, extra = task.loss(net, batch, carry, train=True)   # summed loss over `count` items
+    task.validate()                            # {"val_loss": ..., task-specific scores}
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from nlp import data as D
+from nlp.errors import CorpusError
+from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, token_nll
+from nlp.tokenizer import PAD, SEP, Tokenizer
+
+
+class Task:
+    name: str
+    model_class: type
+    recipe: str                             # the shipped model's recipe
+    defaults: dict = {}                     # TrainConfig values this task needs when neither recipe nor flag sets them
+    carries_state = False                   # the recurrent state flows from one batch to the next (truncated BPTT)
+    decodes = False                         # its evaluation generates text (takes a GenerationConfig)
+    init_names: dict[str, dict[str, str]] = {}  # init_from: source task -> {prefix there: prefix here}
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.model = None
+        self.rank, self.world = 0, 1
+
+    # data ---------------------------------------------------------------------------
+    def prepare(self, splits: dict, tok: Tokenizer, rank: int = 0, world: int = 1) -> None:
+        """Token ids for the train and validation splits (self.train_data, self.val_data)."""
+        self.rank, self.world = rank, world
+        self.train_data, self.val_data = self.examples(splits["train"], tok, train=True), \
+            self.examples(splits["validation"], tok, train=False)
+        if not len(self.train_data):
+            raise CorpusError("no training examples after tokenization")
+        if not len(self.val_data):  # an empty one would read as a perfect validation loss of 0.0
+            raise CorpusError(f"no validation examples after tokenization (the corpus's validation split has "
+                              f"{len(splits['validation'])} rows): model choice needs validation data")
+
+    def examples(self, ds, tok: Tokenizer, train: bool):
+        raise NotImplementedError
+
+    def epoch_batches(self, epoch: int) -> list:
+        """This process's batches for an epoch: the same seeded order everywhere, so --resume can skip ahead."""
+        batches = D.batches_of(self.train_data, self.cfg.batch_size, random.Random(self.cfg.seed * 1000 + epoch))
+        per = len(batches) // self.world
+        return batches[self.rank * per:(self.rank + 1) * per]  # equal counts, or DDP would wait forever
+
+    def val_batches(self) -> list:
+        """Validation batches; with --eval-batches N, N batches of a fixed random sample of the examples.
+        (Batches are built in length order, so the first N batches alone would be the N shortest ones.)"""
+        cfg, examples = self.cfg, self.val_data
+        if cfg.eval_batches and len(examples) > cfg.eval_batches * cfg.eval_batch_size:
+            examples = random.Random(cfg.seed).sample(examples, cfg.eval_batches * cfg.eval_batch_size)
+        return D.batches_of(examples, cfg.eval_batch_size, None)
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # model ----------------------------------------------------------------------------
+    def build_model(self, vocab_size: int):
+        self.model = self.model_class.from_config({**self.cfg.model, "vocab_size": vocab_size}).to(self.device)
+        return self.model
+
+    def after_init_from(self, source_task: str, taken: list[str]) -> None:
+        """Called once init_from copied the weights named in `taken` from a model of `source_task`."""
+
+    # loss and validation -----------------------------------------------------------------
+    def loss(self, net, batch, carry, train: bool) -> tuple[torch.Tensor, torch.Tensor, object, dict]:
+        """(summed loss, number of items it sums over, carried state, extra sums for validation).
+        `net` is what the forward goes through (the DDP wrapper in training, so gradients are averaged)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Scores on the validation batches (the model in eval mode, under the caller's autocast)."""
+        sums: Counter = Counter()
+        carry = None
+        for batch in self.val_batches():
+            loss, n, carry, extra = self.loss(self.model, batch, carry, train=False)
+            sums["loss"] += float(loss)
+            sums["count"] += float(n)
+            sums.update(extra)
+        return self.summary(sums)
+
+    def summary(self, sums: Counter) -> dict:
+        return {"val_loss": sums["loss"] / max(sums["count"], 1)}
+
+    # evaluation ---------------------------------------------------------------------------
+    @staticmethod
+    def evaluate(ck, dd, split: str, max_examples: int, gen, seed: int) -> tuple[dict, dict]:
+        """(metrics, baselines) of a checkpoint on a corpus split, for `python -m nlp eval`."""
+        raise NotImplementedError
+
+
+class LMTask(Task):
+    """Next-token prediction over one long stream of text, read in windows with the state carried across."""
+    name, model_class, recipe = "lm", LanguageModel, "configs/lm.toml"
+    defaults = {"corpus": ["wikitext2"]}
+    carries_state = True
+
+    def prepare(self, splits, tok, rank=0, world=1):
+        train = D.lm_stream(splits["train"], tok)
+        if world > 1:  # each process reads its own stretch of the text
+            per = train.numel() // world
+            train = train[rank * per:(rank + 1) * per]
+        self.rank, self.world = rank, world
+        self.train_data = D.batchify(train, self.cfg.batch_size)
+        self.val_data = D.batchify(D.lm_stream(splits["validation"], tok), self.cfg.eval_batch_size)
+
+    def epoch_batches(self, epoch):
+        return D.lm_windows(self.train_data, self.cfg.bptt)
+
+    def val_batches(self):
+        b = D.lm_windows(self.val_data, self.cfg.bptt)  # contiguous text: the first N windows are as good as any
+        return b[: self.cfg.eval_batches] if self.cfg.eval_batches else b
+
+    def loss(self, net, batch, carry, train):
+        hidden, carry = net(batch[0].to(self.device), carry)
+        ls = self.cfg.label_smoothing if train else 0.0
+        loss, n = self.model.loss_from_hidden(hidden, batch[1].to(self.device), ls)
+        return loss, n, carry, {}
+
+    def summary(self, sums):
+        out = super().summary(sums)
+        out["val_token_perplexity"] = math.exp(min(out["val_loss"], 50))
+        return out
+
+    @staticmethod
+    def evaluate(ck, dd, split, max_examples, gen, seed):
+        from nlp.evaluate import eval_lm
+
+        return eval_lm(ck, dd, split, max_examples)
+
+
+class ChatTask(Task):
+    """Reply generation from the last turns (encoder-decoder with attention), plus the next-reply head."""
+    name, model_class, recipe = "chat", Seq2Seq, "configs/chat.toml"
+    defaults = {"corpus": ["chitchat", "cornell"]}
+    decodes = True
+    # the LM becomes the decoder
+    init_names = {"lm": {"rnn.": "decoder.", "decoder.bias": "out.bias"}}
+
+    def examples(self, ds, tok, train):
+        c = self.cfg
+        return D.chat_examples(ds, tok, c.context_turns, c.max_src_len, c.max_tgt_len)
+
+    def after_init_from(self, source_task, taken):
+        if source_task == "lm" and "decoder.weight_hh_l0" in taken:
+            self.model.pass_decoder_through()  # start out as the LM, then learn to read the context
+
+    def loss(self, net, batch, carry, train):
+        """Reply NLL, plus (in training) the next-reply loss when the model has that head: each context of the
+        batch picks its own reply among the batch's replies (the others are the distractors; TransferTransfo,
+        Wolf et al. 2019). In training, `empty_context_rate` of the contexts are replaced by an empty one (a lone
+        <sep>), so the same model also learns p(reply) alone, the denominator of the mutual-information score.
+        The validation loss is the reply NLL alone; validation also sums the ranking accuracy and the context
+        gain (the NLL with each context swapped for another row's, minus the NLL with its own)."""
+        cfg, b = self.cfg, self.to_device(batch)
+        src, src_len = b["src"], b["src_len"]
+        B = src.shape[0]
+        real = torch.ones(B, dtype=torch.bool, device=src.device)
+        if train and cfg.empty_context_rate:
+            real = torch.rand(B, device=src.device) >= cfg.empty_context_rate
+            src = torch.where(real.unsqueeze(1), src, torch.full_like(src, PAD))
+            src[~real, 0] = SEP
+            src_len = torch.where(real, src_len, torch.ones_like(src_len))
+        ranked = self.model.config.rank_dim > 0 and B > 1
+        out = net(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()))
+        loss, n = token_nll(out[0], b["tgt_out"], cfg.label_smoothing if train else 0.0)
+        extra = {}
+        if ranked:
+            scores = out[2]
+            same = (b["reply"].unsqueeze(1) == b["reply"].unsqueeze(0)).all(-1)  # a repeated reply is no distractor
+            scores = scores.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=src.device), float("-inf"))
+            target = torch.arange(B, device=src.device)
+            rank = F.cross_entropy(scores[real], target[real], reduction="sum")
+            if train:
+                loss = loss + cfg.rank_weight * rank / real.sum().clamp(min=1) * n
+            extra = {"rank_correct": float((scores[real].argmax(-1) == target[real]).sum()),
+                     "rank_rows": float(real.sum()), "rank_loss": float(rank.detach())}
+        if not train and B > 1:
+            other = token_nll(net(src.roll(1, 0), src_len.roll(1, 0), b["tgt_in"])[0], b["tgt_out"])[0]
+            extra.update(gain=float(other - loss), gain_tokens=float(n))
+        return loss, n, None, extra
+
+    def summary(self, sums):
+        out = super().summary(sums)
+        out["val_token_perplexity"] = math.exp(min(out["val_loss"], 50))
+        if sums["gain_tokens"]:
+            out["val_context_gain"] = sums["gain"] / sums["gain_tokens"]
+        if sums["rank_rows"]:  # hits@1 among the batch's replies (eval_batch_size candidates)
+            out["val_rank_accuracy"] = sums["rank_correct"] / sums["rank_rows"]
+            out["val_rank_loss"] = sums["rank_loss"] / sums["rank_rows"]
+        return out
+
+    @staticmethod
+    def evaluate(ck, dd, split, max_examples, gen, seed):
+        from nlp.evaluate import eval_chat
+
+        return eval_chat(ck, dd, split, max_examples, gen, seed)
+
+
+class SentimentTask(Task):
+    """Binary label and -4..+4 rating of a text (BiLSTM with attention pooling, two heads)."""
+    name, model_class, recipe = "sentiment", SentimentClassifier, "configs/sentiment.toml"
+    defaults = {"corpus": ["vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"]}
+    init_names = {"lm": {"rnn.": "encoder."}}  # the LM's layers become the forward half of the encoder
+
+    def examples(self, ds, tok, train):
+        if train and self.cfg.negation_augment:
+            import datasets
+
+            from nlp.augment import augment
+
+            blank = dict.fromkeys(ds.column_names)  # columns the rules do not write (an id) stay empty
+            extra = [{**blank, **r} for r in augment(list(ds), self.cfg.negation_augment, seed=self.cfg.seed)]
+            ds = datasets.concatenate_datasets([ds, datasets.Dataset.from_list(extra, features=ds.features)])
+            if self.rank == 0:
+                print(f"negation augmentation: {len(extra)} extra training sentences", file=sys.stderr)
+        return D.sentiment_examples(ds, tok, self.cfg.max_len)
+
+    def loss(self, net, batch, carry, train):
+        b = self.to_device(batch)
+        out = net(b["ids"], b["lengths"])
+        labelled = b["label"] >= 0
+        loss = F.cross_entropy(out["logits"].float(), b["label"], ignore_index=-1, reduction="sum",
+                               label_smoothing=self.cfg.label_smoothing if train else 0.0)
+        extra = {"correct": float((out["logits"].argmax(-1) == b["label"])[labelled].sum()),
+                 "labelled": float(labelled.sum())}
+        if "rating" in out:
+            # ratings run -4..+4: scaled to -1..1 so the two losses have comparable sizes
+            loss = loss + self.cfg.rating_weight * F.mse_loss(out["rating"].float(), b["rating"] / 4, reduction="sum")
+        return loss, torch.tensor(len(b["label"]), device=self.device), None, extra
+
+    def summary(self, sums):
+        return {**super().summary(sums), "val_accuracy": sums["correct"] / max(sums["labelled"], 1)}
+
+    @staticmethod
+    def evaluate(ck, dd, split, max_examples, gen, seed):
+        from nlp.evaluate import eval_sentiment
+
+        return eval_sentiment(ck, dd, split, max_examples)
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (LMTask, ChatTask, SentimentTask)}
