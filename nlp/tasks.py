@@ -32,7 +32,6 @@ class Task:
     model_class: type
     recipe: str                             # the shipped model's recipe
     defaults: dict = {}                     # TrainConfig values this task needs when neither recipe nor flag sets them
-    carries_state = False                   # the recurrent state flows from one batch to the next (truncated BPTT)
     decodes = False                         # its evaluation generates text (takes a GenerationConfig)
     init_names: dict[str, dict[str, str]] = {}  # init_from: source task -> {prefix there: prefix here}
 
@@ -110,10 +109,10 @@ class Task:
 
 
 class LMTask(Task):
-    """Next-token prediction over one long stream of text, read in windows with the state carried across."""
+    """Next-token prediction over one long stream of text, read in windows; loss() returns the recurrent state
+    and the Trainer hands it to the next window (truncated BPTT)."""
     name, model_class, recipe = "lm", LanguageModel, "configs/lm.toml"
     defaults = {"corpus": ["wikitext2"]}
-    carries_state = True
 
     def prepare(self, splits, tok, rank=0, world=1):
         train = D.lm_stream(splits["train"], tok)
