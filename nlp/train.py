@@ -333,15 +333,22 @@ class Trainer:
         return [train_state.unflatten_carry([g[r] for g in gathered], kind) for r in range(self.world)]
 
     def _gather_rng(self) -> list[dict]:
-        """Ranks 1..'s torch CPU RNG states, on rank 0."""
+        """Ranks 1..'s torch RNG states (the CPU's, and on a GPU its own device's), on rank 0. The tensors travel
+        on this rank's device (NCCL gathers only GPU tensors)."""
         if self.world == 1:
             return []
         import torch.distributed as dist
 
-        mine = torch.get_rng_state()
-        out = [torch.empty_like(mine) for _ in range(self.world)]
-        dist.all_gather(out, mine)
-        return [{"rng.torch": t} for t in out[1:]]
+        mine = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["rng.cuda_own"] = torch.cuda.get_rng_state(self.device)
+        states: list[dict] = [{} for _ in range(self.world - 1)]
+        for name, t in mine.items():
+            out = [torch.empty_like(t, device=self.device) for _ in range(self.world)]
+            dist.all_gather(out, t.to(self.device))
+            for r, g in enumerate(out[1:]):
+                states[r][name] = g.cpu()
+        return states
 
     def after_eval(self, metrics: dict, scheduled: bool = True):
         """Log; keep the checkpoint if this is the best so far. Scheduled evaluations (every eval_every steps or

@@ -183,6 +183,8 @@ def restore(folder: Path, info: dict, tensors: dict[str, torch.Tensor], model: n
         scaler.load_state_dict(info["scaler"])
     prefix = f"rank{rank}.rng." if rank and f"rank{rank}.rng.torch" in tensors else "rng."
     set_rng_state(tensors, info.get("rng", {}) if prefix == "rng." else {}, prefix)
+    if prefix + "cuda_own" in tensors and torch.cuda.is_available():  # another rank's own GPU
+        torch.cuda.set_rng_state(tensors[prefix + "cuda_own"], device)
     kinds = info.get("carry") or []
     if rank >= len(kinds) or kinds[rank] is None:
         return None
