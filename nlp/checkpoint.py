@@ -64,6 +64,11 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity (what is never written)."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, extra: dict | None = None,
                     half: bool = False) -> Path:
     """Write the model, its tokenizer and config.json (model config + `extra`: training config, provenance)."""
@@ -73,7 +78,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer: Tokenizer, ex
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in state.items()}
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = nonfinite(tensors)
     if bad:  # such a file would only fail to load (or serve NaN); whatever is at `path` stays
         raise CheckpointError(f"not saving {path}: {', '.join(bad[:3])} hold NaN or infinity"
                               + (" (too large for float16)" if half else ""))

@@ -82,6 +82,15 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `t` (equal shapes), in rank order, on the CPU. The tensors travel on this rank's device
+        (NCCL gathers only GPU tensors). A collective: every rank calls it."""
+        if not distributed():
+            return [t.detach().cpu()]
+        out = [torch.empty_like(t, device=self.device) for _ in range(self.world)]
+        dist.all_gather(out, t.detach().contiguous().to(self.device))
+        return [g.cpu() for g in out]
+
     def barrier(self) -> None:
         if distributed():
             dist.barrier()

@@ -30,7 +30,6 @@ from nlp.tokenizer import PAD, SEP, Tokenizer
 class Task:
     name: str
     model_class: type
-    recipe: str                             # the shipped model's recipe
     defaults: dict = {}                     # TrainConfig values this task needs when neither recipe nor flag sets them
     decodes = False                         # its evaluation generates text (takes a GenerationConfig)
     init_names: dict[str, dict[str, str]] = {}  # init_from: source task -> {prefix there: prefix here}
@@ -111,7 +110,7 @@ class Task:
 class LMTask(Task):
     """Next-token prediction over one long stream of text, read in windows; loss() returns the recurrent state
     and the Trainer hands it to the next window (truncated BPTT)."""
-    name, model_class, recipe = "lm", LanguageModel, "configs/lm.toml"
+    name, model_class = "lm", LanguageModel
     defaults = {"corpus": ["wikitext2"]}
 
     def prepare(self, splits, tok, rank=0, world=1):
@@ -150,7 +149,7 @@ class LMTask(Task):
 
 class ChatTask(Task):
     """Reply generation from the last turns (encoder-decoder with attention), plus the next-reply head."""
-    name, model_class, recipe = "chat", Seq2Seq, "configs/chat.toml"
+    name, model_class = "chat", Seq2Seq
     defaults = {"corpus": ["chitchat", "cornell"]}
     decodes = True
     # the LM becomes the decoder
@@ -218,7 +217,7 @@ class ChatTask(Task):
 
 class SentimentTask(Task):
     """Binary label and -4..+4 rating of a text (BiLSTM with attention pooling, two heads)."""
-    name, model_class, recipe = "sentiment", SentimentClassifier, "configs/sentiment.toml"
+    name, model_class = "sentiment", SentimentClassifier
     defaults = {"corpus": ["vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"]}
     init_names = {"lm": {"rnn.": "encoder."}}  # the LM's layers become the forward half of the encoder
 

@@ -321,34 +321,21 @@ class Trainer:
 
     def _gather_carry(self) -> list:
         """Each rank's carried state (tensors of equal shape on every rank), on rank 0."""
-        carry = self.carry
         if self.world == 1:
-            return [carry]
-        import torch.distributed as dist
-
-        flat, kind = train_state.flatten_carry(carry)
-        gathered = [[torch.empty_like(t) for _ in range(self.world)] for t in flat]
-        for t, out in zip(flat, gathered):
-            dist.all_gather(out, t.detach().contiguous())
+            return [self.carry]
+        flat, kind = train_state.flatten_carry(self.carry)
+        gathered = [self.rt.gather(t) for t in flat]  # per tensor: every rank's
         return [train_state.unflatten_carry([g[r] for g in gathered], kind) for r in range(self.world)]
 
     def _gather_rng(self) -> list[dict]:
-        """Ranks 1..'s torch RNG states (the CPU's, and on a GPU its own device's), on rank 0. The tensors travel
-        on this rank's device (NCCL gathers only GPU tensors)."""
+        """Ranks 1..'s torch RNG states (the CPU's, and on a GPU its own device's), on rank 0."""
         if self.world == 1:
             return []
-        import torch.distributed as dist
-
         mine = {"rng.torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             mine["rng.cuda_own"] = torch.cuda.get_rng_state(self.device)
-        states: list[dict] = [{} for _ in range(self.world - 1)]
-        for name, t in mine.items():
-            out = [torch.empty_like(t, device=self.device) for _ in range(self.world)]
-            dist.all_gather(out, t.to(self.device))
-            for r, g in enumerate(out[1:]):
-                states[r][name] = g.cpu()
-        return states
+        gathered = {name: self.rt.gather(t) for name, t in mine.items()}
+        return [{name: g[r] for name, g in gathered.items()} for r in range(1, self.world)]
 
     def after_eval(self, metrics: dict, scheduled: bool = True):
         """Log; keep the checkpoint if this is the best so far. Scheduled evaluations (every eval_every steps or

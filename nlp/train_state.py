@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from nlp.checkpoint import unique_state, write_json
+from nlp.checkpoint import nonfinite, unique_state, write_json
 from nlp.errors import CheckpointError, TrainingError
 
 STATE, INFO = "state.safetensors", "state.json"
@@ -104,10 +104,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "r
         np.random.set_state((name, tensors[prefix + "numpy"].numpy().astype("uint32"), pos, has_gauss, cached))
 
 
-def _finite(tensors: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-
-
 # --------------------------------------------------------------------------- save and load
 def save(folder: Path, model: nn.Module, optimizer, scheduler, scaler=None, counters: dict | None = None,
          carries: list | None = None, rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> None:
@@ -117,7 +113,7 @@ def save(folder: Path, model: nn.Module, optimizer, scheduler, scaler=None, coun
     tensors = {f"model.{k}": v.cpu() for k, v in unique_state(model).items()}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
-    bad = _finite(tensors)
+    bad = nonfinite(tensors)
     if bad:
         raise TrainingError(f"the weights or the optimizer state hold NaN or infinity ({', '.join(bad[:3])}); "
                             f"they were not saved, so {folder} keeps the last finite state")
