@@ -10,6 +10,8 @@ is a dict of tensors with the batch in dim 0 (so beam search can reorder it with
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -62,14 +64,36 @@ def init_rnn(rnn: nn.Module) -> None:
                 p.data[H:2 * H] = 1.0  # gates are (i, f, g, o): the second block is the forget gate
 
 
+_FUSED_CPU_INFERENCE = threading.Lock()
+
+
+@contextmanager
+def fused_turn(x: Tensor):
+    """Inference calls of the fused RNN on the CPU take turns, one at a time per process.
+
+    oneDNN, which runs the fused LSTM on the CPU, copies each layer's weights into its own layout on every call
+    (8 MB a layer for the shipped LM) and frees the copy after. In the app every session runs in a thread of
+    one process: 8 sessions pressing Generate at once held 8 copies, +70 MB of peak memory for nothing, since
+    each call already spreads over every core with torch's intra-op threads. Training (gradients on) and
+    other devices never wait.
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu":
+        yield
+        return
+    with _FUSED_CPU_INFERENCE:
+        yield
+
+
 def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor | None = None, hx=None):
     """Run a batch-first stack on a padded batch, whether it is fused (packed) or built from cells."""
     if isinstance(rnn, Recurrent):
         return rnn(x, hx, lengths=lengths)
     if lengths is None:
-        return rnn(x, hx)
+        with fused_turn(x):
+            return rnn(x, hx)
     packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-    out, state = rnn(packed, hx)
+    with fused_turn(x):
+        out, state = rnn(packed, hx)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out, state
 
@@ -95,17 +119,18 @@ def run_bidirectional_unpacked(rnn: nn.LSTM, x: Tensor, lengths: Tensor) -> Tens
     lengths = lengths.to(x.device).clamp(min=1)
     rev = reverse_index(lengths, T).unsqueeze(-1)                       # (B, T, 1)
     inp = x
-    for layer in range(rnn.num_layers):
-        outs = []
-        for sfx in ("", "_reverse"):
-            params = [getattr(rnn, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            xin = inp if not sfx else inp.gather(1, rev.expand(-1, -1, inp.shape[-1]))
-            h0 = inp.new_zeros(1, B, rnn.hidden_size)
-            out, _, _ = torch.lstm(xin, (h0, h0), params, True, 1, 0.0, rnn.training, False, True)
-            outs.append(out if not sfx else out.gather(1, rev.expand(-1, -1, out.shape[-1])))
-        inp = torch.cat(outs, -1)
-        if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
-            inp = F.dropout(inp, rnn.dropout, True)
+    with fused_turn(x):
+        for layer in range(rnn.num_layers):
+            outs = []
+            for sfx in ("", "_reverse"):
+                params = [getattr(rnn, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                xin = inp if not sfx else inp.gather(1, rev.expand(-1, -1, inp.shape[-1]))
+                h0 = inp.new_zeros(1, B, rnn.hidden_size)
+                out, _, _ = torch.lstm(xin, (h0, h0), params, True, 1, 0.0, rnn.training, False, True)
+                outs.append(out if not sfx else out.gather(1, rev.expand(-1, -1, out.shape[-1])))
+            inp = torch.cat(outs, -1)
+            if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
+                inp = F.dropout(inp, rnn.dropout, True)
     return inp
 
 

@@ -134,3 +134,39 @@ def test_build_model_rejects_unknown_settings():
         build_model("lm", {"vocab_size": V, "hiden_size": 3})
     with pytest.raises(ConfigError, match="unknown task"):
         build_model("translate", {})
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_calls_of_the_fused_rnn_take_turns_and_training_never_waits(bidirectional):
+    """oneDNN copies the weights on every fused call: in the app's one process, sessions' inference calls take
+    turns so that only one copy exists at a time; a training call (gradients on) does not wait."""
+    import threading
+
+    from nlp import models
+
+    rnn = models.make_rnn("lstm", "fused", 8, 8, 2, 0.0, bidirectional=bidirectional)
+    x, lengths = torch.randn(2, 5, 8), torch.tensor([5, 3])
+
+    def call():
+        if bidirectional:
+            return models.run_bidirectional_unpacked(rnn, x, lengths)
+        return models.run_rnn(rnn, x)[0]
+
+    def in_thread(grad: bool) -> threading.Event:
+        done = threading.Event()
+
+        def run():
+            with torch.set_grad_enabled(grad):
+                call()
+            done.set()
+        threading.Thread(target=run, daemon=True).start()
+        return done
+
+    expected = call().detach()
+    with models._FUSED_CPU_INFERENCE:  # another session's call in progress
+        training, inference = in_thread(True), in_thread(False)
+        assert training.wait(30)            # training went ahead
+        assert not inference.wait(1.0)      # inference waits for its turn
+    assert inference.wait(30)
+    with torch.no_grad():  # (oneDNN's inference kernels differ from its training ones in the last bits)
+        torch.testing.assert_close(call(), expected)

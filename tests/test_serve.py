@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from nlp.checkpoint import load_checkpoint
@@ -74,3 +76,29 @@ def test_the_lm_never_writes_wikitexts_unk_unless_allowed(trained, monkeypatch):
     assert "<unk>" not in text and text
     allowed = GenerationConfig(max_new_tokens=10, temperature=1.0, allow_unk=True)
     assert "<unk>" in "".join(continue_text(ck, "The sea", allowed, make_generator(0)).stream)
+
+
+def test_serving_loads_no_training_or_evaluation_packages(trained):
+    """What the app does on its three pages (a reply, a detokenized continuation, a classification) imports
+    neither the training side (datasets) nor nltk, whose import also loads scipy and scikit-learn (93 MB and
+    2 s in the server, measured by bench/serve_memory.py)."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+from nlp.checkpoint import load_checkpoint
+from nlp.decoding import GenerationConfig
+from nlp.serve import chat_reply, classify, continue_text
+from nlp.tokenizer import detokenize_wikitext
+cfg = GenerationConfig(max_new_tokens=5)
+list(chat_reply(load_checkpoint({str(trained["chat"])!r}), ["hello"], cfg).stream)
+lm = continue_text(load_checkpoint({str(trained["lm"])!r}), "The ship", cfg)
+detokenize_wikitext("The ship " + "".join(lm.stream) + " did n't sail , it 's said .")
+classify(load_checkpoint({str(trained["sentiment"])!r}), ["fine"])
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"datasets", "nltk", "scipy", "sklearn"}})))
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
+    assert json.loads(out.stdout.splitlines()[-1]) == []
