@@ -11,9 +11,11 @@ bytes written, over the median time). Against it, per token (medians over repeat
 - "sampling, whole-vocabulary filtering (baseline)": the same with the candidate shortcut off (every step
   sorts the whole vocabulary for top-p, as before issue 13); it draws the same tokens;
 - "model step only": `LanguageModel.step` (the matrix-vector step through the stack and the output layer),
-  with the output layer's weight stored transposed as the app and the CLI load it (`nlp.serve.open_checkpoint`),
-  and "model step, weights as saved (baseline)": as `load_checkpoint` returns them;
-- "nn.LSTM once per token (baseline)": the fused module called per token, plus the output layer.
+  with the recurrent and output weights stored transposed as the app and the CLI load them
+  (`nlp.serve.open_checkpoint`, `nlp.models.transposed_weights`); baselines: "only the output layer
+  transposed" (before the recurrent weights were), and "weights as saved", as `load_checkpoint` returns them;
+- "nn.LSTM once per token (baseline)": the fused module called per token (weights as saved), plus the output
+  layer. `same_tokens_as_saved_weights` says whether sampling with the weights as saved draws the same tokens.
 Issue 13 asks for sampling at most 2x the floor.
 """
 
@@ -61,16 +63,19 @@ def main() -> None:
     ck = open_checkpoint(a.checkpoint, "lm")
     m = ck.model
     saved = load_checkpoint(a.checkpoint).model
+    output_only = load_checkpoint(a.checkpoint).model
+    output_only.decoder.weight.data = output_only.decoder.weight.data.t().contiguous().t()
     cfg = dataclasses.replace(with_bans(ck, default_decoding(ck)), max_new_tokens=a.tokens,
                               min_new_tokens=a.tokens, stop_at_eos=False)
     prompt = ck.tokenizer.encode(PROMPT)
 
-    def sampling():
-        tokens = list(decoding.sample_tokens(m, prompt, cfg, decoding.make_generator(0)))
+    def sampling(model=m):
+        tokens = list(decoding.sample_tokens(model, prompt, cfg, decoding.make_generator(0)))
         assert len(tokens) == a.tokens
         return tokens
 
     ours_tokens = sampling()
+    saved_tokens = sampling(saved)
     ours = median_ms(sampling, a.repeats, warmup=1) / a.tokens
     shortcut = decoding.CANDIDATES
     decoding.CANDIDATES = 10**9  # no shortcut: filter the whole vocabulary every step
@@ -93,10 +98,11 @@ def main() -> None:
     def fused_per_token():
         state = (start["h"].transpose(0, 1).contiguous(), start["c"].transpose(0, 1).contiguous())
         for _ in range(a.tokens):
-            out, state = m.rnn(m.embed(tok).unsqueeze(1), state)
-            F.log_softmax(m.decoder(out[:, -1]), -1)
+            out, state = saved.rnn(saved.embed(tok).unsqueeze(1), state)
+            F.log_softmax(saved.decoder(out[:, -1]), -1)
 
     step = median_ms(model_steps(m), a.repeats, warmup=1) / a.tokens
+    step_output_only = median_ms(model_steps(output_only), a.repeats, warmup=1) / a.tokens
     step_saved = median_ms(model_steps(saved), a.repeats, warmup=1) / a.tokens
     fused = median_ms(fused_per_token, a.repeats, warmup=1) / a.tokens
     bandwidth = copy_bandwidth_gb_s()
@@ -110,12 +116,14 @@ def main() -> None:
         "ms_per_token": {"sampling (ours)": round(ours, 3),
                          "sampling, whole-vocabulary filtering (baseline)": round(base, 3),
                          "model step only": round(step, 3),
+                         "model step, only the output layer transposed (baseline)": round(step_output_only, 3),
                          "model step, weights as saved (baseline)": round(step_saved, 3),
                          "nn.LSTM once per token (baseline)": round(fused, 3)},
         "times_the_floor": {"sampling (ours)": round(ours / floor, 2),
                             "sampling, whole-vocabulary filtering (baseline)": round(base / floor, 2),
                             "model step only": round(step / floor, 2)},
-        "same_tokens_as_baseline": ours_tokens == base_tokens})
+        "same_tokens_as_baseline": ours_tokens == base_tokens,
+        "same_tokens_as_saved_weights": ours_tokens == saved_tokens})
 
 
 if __name__ == "__main__":

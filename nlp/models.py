@@ -173,14 +173,21 @@ class _FromConfig:
         return asdict(self.config)
 
 
-def transposed_linear_weights(model: nn.Module) -> nn.Module:
-    """Store each nn.Linear weight (out, in) as the transpose of a contiguous (in, out) tensor: same shape and
-    values, another memory order. For inference: at batch 1 a step multiplies one vector by the output
-    layer's (vocabulary x width) weight, which BLAS streams about 3x faster in this order (bench/
-    decode_speed.py); tied embeddings share the storage and read the same values. No extra memory."""
+def transposed_weights(model: nn.Module) -> nn.Module:
+    """Store the weights a batch-1 step multiplies as transposes of contiguous (in, out) tensors: same shapes
+    and values, another memory order, for inference. At batch 1 a step multiplies one vector by each weight,
+    which BLAS streams 2-3x faster in this order (bench/decode_speed.py). That is each nn.Linear (the output
+    layer above all, vocabulary x width; tied embeddings share its storage and read the same values) and each
+    unidirectional RNN stack, which `step_stack` runs token by token (bidirectional encoders only ever run
+    fused). The fused call then works on a contiguous copy of a stack's weights, made per call: a prompt's one
+    pass pays it, each later token gains. No memory kept beyond that."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             module.weight.data = module.weight.data.t().contiguous().t()
+        elif isinstance(module, nn.RNNBase) and not module.bidirectional:
+            for name, p in module.named_parameters():
+                if name.startswith("weight_"):
+                    p.data = p.data.t().contiguous().t()
     return model
 
 

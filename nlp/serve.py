@@ -29,7 +29,7 @@ from nlp.decoding import (
     sample_tokens,
     stream_text,
 )
-from nlp.models import transposed_linear_weights
+from nlp.models import transposed_weights
 from nlp.ranking import RankWeights, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
 
@@ -140,7 +140,7 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
     except (GenerationError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{where}: a damaged \"decoding\" or \"neutral\" entry ({e}); delete that entry "
                               "to use the defaults") from None
-    transposed_linear_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
+    transposed_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
     return ck
 
 

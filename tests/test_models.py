@@ -170,3 +170,23 @@ def test_inference_calls_of_the_fused_rnn_take_turns_and_training_never_waits(bi
     assert inference.wait(30)
     with torch.no_grad():  # (oneDNN's inference kernels differ from its training ones in the last bits)
         torch.testing.assert_close(call(), expected)
+
+
+def test_transposed_weights_keep_every_output_and_leave_bidirectional_encoders():
+    import copy
+
+    from nlp.decoding import prime
+    from nlp.models import transposed_weights
+
+    ids = torch.randint(5, V, (7,)).tolist()
+    for model in (lm(), s2s()):
+        served = transposed_weights(copy.deepcopy(model))
+        stepped = served.rnn if isinstance(model, LanguageModel) else served.decoder
+        assert all(p.t().is_contiguous() and not p.is_contiguous()
+                   for n, p in stepped.named_parameters() if n.startswith("weight"))
+        if isinstance(model, Seq2Seq):
+            assert all(p.is_contiguous() for p in served.encoder.parameters())
+        with torch.no_grad():
+            (lp_a, st_a), (lp_b, st_b) = prime(model, ids), prime(served, ids)  # a fused pass (and a step)
+            torch.testing.assert_close(lp_b, lp_a)
+            torch.testing.assert_close(served.step(torch.tensor([9]), st_b)[0], model.step(torch.tensor([9]), st_a)[0])
