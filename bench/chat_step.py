@@ -7,7 +7,7 @@ spread of the real data after the recipe's limits), float32. Rows:
   baseline  the previous recipe: emb 256, packed 1x256 BiLSTM encoder, decoder started from its final states
   unpacked  the same, encoder run unpacked (exact; nlp.models.run_bidirectional_unpacked), bridge = "pool"
   + head    and the next-reply head (a second encoder pass over the replies, a 64 x 64 score matrix)
-  recipe    configs/chat-context.toml (issue 11, in training): emb 512 (the LM's width, so the decoder can
+  recipe    configs/chat.toml (issue 11, shipped): emb 512 (the LM's width, so the decoder can
             start from it), unpacked, head
 """
 
@@ -53,7 +53,7 @@ def step_ms(cfg: dict, b: dict, head: bool, repeats: int) -> float:
 
 
 def main(repeats: int = 7) -> None:
-    recipe = tomllib.loads((ROOT / "configs" / "chat-context.toml").read_text())["model"]
+    recipe = tomllib.loads((ROOT / "configs" / "chat.toml").read_text())["model"]
     old = {**recipe, "emb_dim": 256, "bridge": "final", "rank_dim": 0}
     b = batch()
     rows = {"baseline: emb 256, packed encoder, final-state bridge": step_ms(old, b, False, repeats),

@@ -1,7 +1,7 @@
 """Uncurated samples for the README: the chat model's replies to 20 of the everyday conversations in
 scripts/everyday_chat.jsonl (evenly spaced through the file, so every kind is there) beside the TF-IDF retrieval
-baseline's, and three continuations from the language model; fixed seeds, each model's default decoding
-(the app's). Prints Markdown; a missing model is reported.
+baseline's, and three continuations from the language model, detokenized as the Generate page shows them;
+fixed seeds, each model's default decoding (the app's). Prints Markdown; a missing model is reported.
 
     python scripts/readme_samples.py > samples.md
 """
@@ -25,6 +25,7 @@ from nlp.corpora import load_corpus  # noqa: E402
 from nlp.decoding import make_generator  # noqa: E402
 from nlp.evaluate import TfidfRetriever  # noqa: E402
 from nlp.serve import chat_reply, continue_text, default_decoding  # noqa: E402
+from nlp.tokenizer import detokenize_wikitext  # noqa: E402
 
 EVERYDAY = ROOT / "scripts" / "everyday_chat.jsonl"
 SHOWN = 20
@@ -62,7 +63,8 @@ def main() -> None:
         cfg = dataclasses.replace(default_decoding(lm), max_new_tokens=60)
         for seed, prompt in enumerate(LM_PROMPTS):
             gen = continue_text(lm, prompt, cfg, make_generator(seed))
-            print(f"> **{md(prompt)}** {md(''.join(gen.stream))}\n")
+            shown, start = detokenize_wikitext(prompt + "".join(gen.stream)), detokenize_wikitext(prompt)
+            print(f"> **{md(start)}** {md(shown.removeprefix(start))}\n")  # as the Generate page shows it
     except CheckpointError as e:
         print(f"(language model not available: {e})")
 
