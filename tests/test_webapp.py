@@ -58,6 +58,36 @@ def test_chat_keeps_its_history_over_several_turns(checkpoints):
     assert at.session_state.chat == []
 
 
+def test_python_m_webapp_loads_the_chat_model_first_and_the_others_after_the_first_reply(checkpoints, monkeypatch):
+    """The head start of `python -m webapp`: the chat model at once; the LM and the classifier only once the
+    chat page has answered (they held the CPU while the first visitor's page and reply ran)."""
+    import threading
+    import time
+
+    import ui
+    from webapp.__main__ import preload
+
+    loaded, real = [], ui.load_cached
+
+    def load_cached(path, task):
+        if threading.current_thread() is worker:
+            loaded.append(task)
+        return real(path, task)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # preload puts webapp/ first, as app.py does
+    monkeypatch.setattr(ui, "FIRST_REPLY", threading.Event())
+    monkeypatch.setattr(ui, "load_cached", load_cached)
+    worker = threading.Thread(target=preload, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not loaded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.join(1.0)
+    assert loaded == ["chat"] and worker.is_alive()  # the others wait for a reply
+    say(page("chat.py").run(), "hello there!")           # the chat page's first reply
+    worker.join(20)  # (well before preload's 30 s fallback)
+    assert loaded == ["chat", "lm", "sentiment"]
+
+
 def test_a_long_chat_keeps_only_its_last_messages_and_says_so(checkpoints, monkeypatch):
     import ui
 

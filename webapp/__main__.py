@@ -5,8 +5,9 @@
 Streamlit runs a page's script only when a browser connects, so the first visitor would wait for torch's
 import and the chat model's load after the server is up. Here a thread does that work at once, while Streamlit
 starts and the browser loads the page, and fills the same `st.cache_resource` cache the pages read (its
-per-key lock makes a page that asks early wait for the load instead of loading twice). A model that cannot be
-loaded is left to its page, which says why. `streamlit run webapp/app.py` still works, without the head start.
+per-key lock makes a page that asks early wait for the load instead of loading twice); the other models follow
+after the first reply. A model that cannot be loaded is left to its page, which says why.
+`streamlit run webapp/app.py` still works, without the head start.
 """
 
 import ctypes
@@ -18,18 +19,26 @@ from pathlib import Path
 WEBAPP = Path(__file__).resolve().parent
 
 
-def preload() -> None:
+def preload(others_after: float = 30.0) -> None:
+    """The chat model first (Chat is the page a visitor sees first). The rest (the other two models, and altair
+    and pandas, which the Chat page draws with) waits for the first chat reply or `others_after` seconds,
+    whichever comes first: loaded at once they held the GIL while the first visitor's page and reply ran."""
     sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]  # as app.py arranges for its pages
     import ui
 
-    for task in ("chat", "lm", "sentiment"):  # Chat is the first page a visitor sees
+    def load(task: str) -> None:
         try:
             ui.load_cached(str(ui.checkpoints_dir() / task), task)
         except Exception:  # noqa: BLE001 - the page shows the error (CheckpointError or a bug) to its visitor
             pass
-        if task == "chat":
-            import altair  # noqa: F401 - what the Chat page imports besides the model (about 0.5 s)
-            import pandas  # noqa: F401
+
+    load("chat")
+    ui.FIRST_REPLY.wait(others_after)
+    import altair  # noqa: F401 - what the Chat page imports to draw (about 0.5 s)
+    import pandas  # noqa: F401
+
+    for task in ("lm", "sentiment"):  # a page opened before then loads its model itself, once
+        load(task)
 
 
 def not_from_preload(record: logging.LogRecord) -> bool:
@@ -54,9 +63,9 @@ def fewer_malloc_arenas(arenas: int = 2) -> None:
 def main() -> None:
     fewer_malloc_arenas()
     logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(not_from_preload)
-    threading.Thread(target=preload, name="preload-models", daemon=True).start()
-    from streamlit.web import cli
+    from streamlit.web import cli  # first, in this thread: Streamlit's import is not safe from two threads
 
+    threading.Thread(target=preload, name="preload-models", daemon=True).start()
     cli.main(["run", str(WEBAPP / "app.py"), *sys.argv[1:]], prog_name="streamlit")
 
 

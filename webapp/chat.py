@@ -4,7 +4,15 @@ import streamlit as st
 
 from nlp.decoding import GenerationError, make_generator
 from nlp.serve import chat_reply, strip_control
-from ui import MAX_CHAT_MESSAGES, MAX_MESSAGE_CHARS, decoding_controls, model_or_stop, plain, settings_notice
+from ui import (
+    FIRST_REPLY,
+    MAX_CHAT_MESSAGES,
+    MAX_MESSAGE_CHARS,
+    decoding_controls,
+    model_or_stop,
+    plain,
+    settings_notice,
+)
 
 st.title("Chat")
 ck = model_or_stop("chat")
@@ -71,6 +79,7 @@ def respond() -> None:
         try:
             reply = chat_reply(ck, [m["content"] for m in chat], cfg, make_generator(seed))
             st.write_stream(plain(piece) for piece in reply.stream)
+            FIRST_REPLY.set()
         except GenerationError as e:
             chat.pop()  # the message gets no reply: take it back, so the chat still alternates
             st.error(str(e))

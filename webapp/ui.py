@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -24,6 +25,12 @@ from nlp.serve import default_decoding, open_checkpoint  # noqa: E402
 def checkpoints_dir() -> Path:
     """The shipped checkpoints, or $NLP_CHECKPOINTS (read on each call, so tests and hosts can point elsewhere)."""
     return Path(os.environ.get("NLP_CHECKPOINTS") or ROOT / "checkpoints")
+
+
+# Set once this process has answered a chat message: `python -m webapp` loads the other models after it, so
+# that the first visitor's first reply does not share the CPU with those loads
+FIRST_REPLY = threading.Event()
+
 
 RECIPES = {"lm": "configs/lm.toml", "chat": "configs/chat.toml", "sentiment": "configs/sentiment.toml"}
 
