@@ -64,20 +64,23 @@ class Tokenizer:
         no U+FFFD replacement character that the model made up ever reaches a reader."""
         return self.sp.decode(self._whole_characters([int(i) for i in ids if int(i) > SEP]))
 
+    def _byte(self, i: int) -> int | None:
+        """The byte a byte-fallback token stands for ("<0xE2>" -> 0xE2), or None for any other token."""
+        return int(self.sp.id_to_piece(i)[3:5], 16) if self.sp.is_byte(i) else None
+
     def _whole_characters(self, ids: list[int]) -> list[int]:
         """The ids without the byte-fallback tokens that do not complete a UTF-8 character (a text's own
         U+FFFD, three whole bytes, stays)."""
         out: list[int] = []
         p = 0
         while p < len(ids):
-            if not self.sp.is_byte(ids[p]):
+            raw: list[int] = []  # the bytes of the run of byte-fallback tokens from p on
+            while p + len(raw) < len(ids) and (b := self._byte(ids[p + len(raw)])) is not None:
+                raw.append(b)
+            if not raw:
                 out.append(ids[p])
                 p += 1
                 continue
-            end = p
-            while end < len(ids) and self.sp.is_byte(ids[end]):
-                end += 1
-            raw = [int(self.sp.id_to_piece(i)[3:5], 16) for i in ids[p:end]]  # "<0xE2>" -> 0xE2
             q = 0
             while q < len(raw):
                 lead = raw[q]
@@ -92,7 +95,7 @@ class Tokenizer:
                 except UnicodeDecodeError:
                     pass
                 q += 1  # a stray byte: dropped
-            p = end
+            p += len(raw)
         return out
 
     @property
@@ -122,8 +125,8 @@ class Tokenizer:
                 run.clear()
 
         for i in map(int, ids):
-            if self.sp.is_byte(i):
-                run.append(int(self.sp.id_to_piece(i)[3:-1], 16))
+            if (b := self._byte(i)) is not None:
+                run.append(b)
                 out.append("")
             else:
                 flush()
