@@ -57,6 +57,24 @@ def help_seconds(root: Path) -> float:
     return time.perf_counter() - start
 
 
+def new_page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)
+    return page
+
+
+def send_first_message(page, url: str) -> float:
+    """Open the app, wait for the chat box, send MESSAGE, wait for the reply's text; when the box showed."""
+    page.goto(url)
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.wait_for()
+    shown = time.perf_counter()
+    box.fill(MESSAGE)
+    box.press("Enter")
+    page.wait_for_function(REPLY_SHOWN, polling=20)
+    return shown
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -81,8 +99,7 @@ def first_reply(root: Path, checkpoints: Path, browser) -> dict[str, float]:
     """Seconds from spawning the Procfile command to: health check ok, chat box shown, reply shown, page idle."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(120_000)
+    page = new_page(browser)
     env = {**os.environ, "NLP_CHECKPOINTS": str(checkpoints)}
     marks = {}
     start = time.perf_counter()
@@ -98,13 +115,7 @@ def first_reply(root: Path, checkpoints: Path, browser) -> dict[str, float]:
             if proc.poll() is not None or time.perf_counter() - start > 120:
                 raise RuntimeError(f"the app in {root} did not start")
         marks["server healthy"] = time.perf_counter() - start
-        page.goto(url)
-        box = page.get_by_test_id("stChatInputTextArea")
-        box.wait_for()
-        marks["chat box shown"] = time.perf_counter() - start
-        box.fill(MESSAGE)
-        box.press("Enter")
-        page.wait_for_function(REPLY_SHOWN, polling=20)
+        marks["chat box shown"] = send_first_message(page, url) - start
         marks["reply shown"] = time.perf_counter() - start
         page.wait_for_function(IDLE, polling=20)
         marks["page idle"] = time.perf_counter() - start
@@ -112,15 +123,9 @@ def first_reply(root: Path, checkpoints: Path, browser) -> dict[str, float]:
         # the same in a second tab, the server now warm and idle (its loads after the first reply done): what
         # the browser and one page run take on their own
         wait_until_idle(proc.pid)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
+        page = new_page(browser)
         opened = time.perf_counter()
-        page.goto(url)
-        box = page.get_by_test_id("stChatInputTextArea")
-        box.wait_for()
-        box.fill(MESSAGE)
-        box.press("Enter")
-        page.wait_for_function(REPLY_SHOWN, polling=20)
+        send_first_message(page, url)
         marks["warm server: page opened -> reply shown"] = time.perf_counter() - opened
     finally:
         page.close()

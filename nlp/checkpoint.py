@@ -211,11 +211,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     if missing or unexpected:
         raise CheckpointError(f"{path / WEIGHTS} does not fit the config: missing {sorted(missing)[:4]}, "
                               f"unexpected {sorted(unexpected)[:4]}")
+    bad = set(nonfinite(tensors))
     for k, t in tensors.items():
         if t.shape != expected[k].shape:
             raise CheckpointError(f"{path / WEIGHTS}: {k} has shape {tuple(t.shape)}, the config needs "
                                   f"{tuple(expected[k].shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if k in bad:
             raise CheckpointError(f"{path / WEIGHTS}: {k} holds NaN or infinite values (the run that saved it "
                                   f"diverged): {rebuild_hint(path)}")
     model.load_state_dict(tensors, strict=False)  # copies into the float32 parameters (float16 files too)
