@@ -29,6 +29,21 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each fn() in milliseconds, one call of each in turn per round, after warm-up rounds:
+    a machine whose speed drifts within minutes then slows every variant of a round alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1000)
+    return times
+
+
 def save(name: str, result: dict) -> Path:
     """Write the result to bench/results/NAME.json and print it."""
     out = Path(__file__).parent / "results" / f"{name}.json"

@@ -107,72 +107,108 @@ def make_generator(seed: int | None = None, device: str | torch.device = "cpu") 
 
 
 # --------------------------------------------------------------------------- score processing
-def history_tensor(histories: list[list[int]], device: torch.device | str = "cpu") -> Tensor:
-    """(K, L) token ids, each history right-aligned and left-padded with -1 (so the last tokens line up)."""
-    width = max((len(h) for h in histories), default=0)
-    out = torch.full((len(histories), width), -1, dtype=torch.long)
-    for row, hist in enumerate(histories):
-        if hist:
-            out[row, width - len(hist):] = torch.as_tensor(hist, dtype=torch.long)
-    return out.to(device)
+def _follow_map(history: list[int], n: int) -> dict[tuple[int, ...], set[int]]:
+    """Every (n-1)-token prefix in history -> the tokens that followed it (n = 1: () -> every token)."""
+    follow: dict[tuple[int, ...], set[int]] = {}
+    for i in range(len(history) - n + 1):
+        follow.setdefault(tuple(history[i:i + n - 1]), set()).add(history[i + n - 1])
+    return follow
 
 
-def banned_ngram_mask(hist: Tensor, n: int, vocab: int) -> Tensor:
-    """(K, V) True where a token would complete an n-gram already in the row's history ((K, L), -1 = pad).
-
-    Every window of n tokens whose first n-1 equal the row's last n-1 tokens bans its last token: one
-    vectorised comparison of all windows of all rows instead of a Python loop over rows.
-    """
-    K, L = hist.shape
-    counts = torch.zeros(K, vocab, dtype=torch.int32, device=hist.device)
-    if n <= 0 or L < n:
-        return counts > 0
-    if n == 1:
-        last, hit = hist, hist >= 0
-    else:
-        windows = hist.unfold(1, n, 1)                                # (K, L-n+1, n)
-        prefix = hist[:, L - n + 1:]                                  # (K, n-1): the last n-1 tokens
-        last = windows[:, :, -1]
-        hit = (windows[:, :, :-1] == prefix.unsqueeze(1)).all(-1)     # (K, L-n+1)
-        hit &= (prefix >= 0).all(-1, keepdim=True) & (last >= 0)
-    # several windows can end in the same token: add, so that a miss never overwrites a hit
-    return counts.scatter_add_(1, last.clamp(min=0), hit.to(torch.int32)) > 0
-
-
-def banned_ngram_tokens(history: list[int], n: int, vocab: int | None = None) -> set[int]:
-    """Tokens that would complete an n-gram already present in history."""
-    if not history:
+def _next_bans(history: list[int], follow: dict[tuple[int, ...], set[int]], n: int) -> set[int]:
+    """The tokens that would complete an n-gram already in history: those that followed its last n-1."""
+    if len(history) < n - 1:
         return set()
-    mask = banned_ngram_mask(history_tensor([history]), n, vocab or max(history) + 1)
-    return set(mask[0].nonzero().flatten().tolist())
+    return follow.get(tuple(history[len(history) - n + 1:]), set())
+
+
+def banned_ngram_tokens(history: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in history."""
+    return set(_next_bans(history, _follow_map(history, n), n)) if n >= 1 else set()
+
+
+class ScoreAdjuster:
+    """Minimum length, banned ids, repetition penalty and n-gram bans on log-probs (K, V), one row per
+    sequence being decoded (one for `sample_tokens`, the candidates of sample-and-rank, the beams).
+
+    What a row's history implies is kept up to date one token at a time (`advance`) instead of recomputed
+    from the whole history at every step: a (K, V) penalty to subtract (log(repetition_penalty) on the
+    tokens already in the row, +inf on the banned ids) and, for the n-gram ban, each row's map from an
+    (n-1)-token prefix to the tokens that followed it. A step then costs one subtraction and a dictionary
+    look-up per row, not a pass over the history.
+
+    Every decoding loop passes the model's scores through here first: a NaN or infinite one (weights or
+    activations that overflowed) raises NonFiniteScores rather than yielding arbitrary tokens.
+    """
+
+    def __init__(self, cfg: GenerationConfig, histories: list[list[int]], vocab: int,
+                 device: torch.device | str = "cpu", generated: int = 0):
+        self.cfg, self.generated, self.n = cfg, generated, cfg.no_repeat_ngram_size
+        self.histories = [list(h) for h in histories]
+        self.banned = set(cfg.banned_ids)
+        self.log_penalty = math.log(cfg.repetition_penalty)
+        self.penalty = None
+        if self.banned or cfg.repetition_penalty != 1.0:
+            self.penalty = torch.zeros(len(histories), vocab, device=device)
+            if cfg.repetition_penalty != 1.0:
+                rows = [r for r, h in enumerate(self.histories) for t in set(h) if t not in self.banned]
+                toks = [t for h in self.histories for t in set(h) if t not in self.banned]
+                if rows:
+                    self.penalty[rows, toks] = self.log_penalty
+            if self.banned:
+                self.penalty[:, sorted(self.banned)] = float("inf")
+        self.follow = [_follow_map(h, self.n) for h in self.histories] if self.n else None
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        # one sum instead of an elementwise check: it is NaN or infinite exactly when a score is (log-probs
+        # are far from the float range, so finite ones never add up to an overflow)
+        if not math.isfinite(float(scores.sum())):
+            raise NonFiniteScores("the model's next-token scores are not finite numbers (NaN or infinity): its "
+                                  "weights or activations overflowed, so no text can be drawn from them")
+        out = scores if self.penalty is None else scores - self.penalty
+        early = self.generated < self.cfg.min_new_tokens
+        rows: list[int] = []
+        toks: list[int] = []
+        if self.n:
+            for r, (hist, follow) in enumerate(zip(self.histories, self.follow)):
+                bans = _next_bans(hist, follow, self.n)
+                rows += [r] * len(bans)
+                toks += bans
+        if early or rows:
+            out = out.clone() if out is scores else out
+            if early:
+                out[:, EOS] = float("-inf")
+            if rows:
+                out[rows, toks] = float("-inf")
+        return out
+
+    def advance(self, parents: list[int], tokens: list[int]) -> None:
+        """Next step's rows: row r continues this step's row parents[r] with tokens[r]. Rows that finished
+        are left out; beam search may continue a row twice."""
+        if parents != list(range(len(self.histories))):
+            shared = {p for p in parents if parents.count(p) > 1}
+            self.histories = [list(self.histories[p]) if p in shared else self.histories[p] for p in parents]
+            if self.follow is not None:
+                self.follow = [{k: set(v) for k, v in self.follow[p].items()} if p in shared else self.follow[p]
+                               for p in parents]
+            if self.penalty is not None:
+                self.penalty = self.penalty[parents]
+        seen = []
+        for r, (hist, tok) in enumerate(zip(self.histories, tokens)):
+            hist.append(tok)
+            if self.n and len(hist) >= self.n:
+                self.follow[r].setdefault(tuple(hist[len(hist) - self.n:-1]), set()).add(tok)
+            if tok not in self.banned:
+                seen.append(r)
+        if self.penalty is not None and self.log_penalty and seen:
+            self.penalty[seen, [tokens[r] for r in seen]] = self.log_penalty
+        self.generated += 1
 
 
 def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, generated: int) -> Tensor:
-    """Minimum length, repetition penalty and n-gram bans on log-probs (K, V), one history per row;
-    `generated` tokens are out so far. Vectorised over rows (sample-and-rank decodes many at once).
-    Every decoding loop passes the model's scores through here first: a NaN or infinite one (weights or
-    activations that overflowed) raises NonFiniteScores rather than yielding arbitrary tokens."""
-    if not bool(torch.isfinite(scores).all()):
-        raise NonFiniteScores("the model's next-token scores are not finite numbers (NaN or infinity): its "
-                              "weights or activations overflowed, so no text can be drawn from them")
-    early = generated < cfg.min_new_tokens
-    if cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size and not early and not cfg.banned_ids:
-        return scores
-    scores = scores.clone()
-    if early:
-        scores[:, EOS] = float("-inf")
-    if cfg.banned_ids:
-        scores[:, list(cfg.banned_ids)] = float("-inf")
-    if not any(histories) or (cfg.repetition_penalty == 1.0 and not cfg.no_repeat_ngram_size):
-        return scores
-    hist = history_tensor(histories, scores.device)
-    V = scores.shape[1]
-    if cfg.repetition_penalty != 1.0:
-        seen = banned_ngram_mask(hist, 1, V)
-        scores = scores - seen.to(scores.dtype) * math.log(cfg.repetition_penalty)
-    if cfg.no_repeat_ngram_size:
-        scores = scores.masked_fill(banned_ngram_mask(hist, cfg.no_repeat_ngram_size, V), float("-inf"))
-    return scores
+    """`ScoreAdjuster` at one step: (K, V) log-probs adjusted for one history per row, `generated` tokens
+    out so far."""
+    return ScoreAdjuster(cfg, histories, scores.shape[1], scores.device, generated)(scores)
 
 
 def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:
@@ -194,61 +230,78 @@ def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:
     return scores
 
 
-def choose(scores: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> Tensor:
-    """(K, V) adjusted log-probs -> (K,) next tokens: the most likely (greedy), or drawn from the filtered
-    distribution.
+def choose(scores: Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> list[int]:
+    """(K, V) adjusted log-probs -> the next token of each row: the most likely (greedy), or drawn from the
+    filtered distribution.
 
-    Drawn as torch.multinomial draws one sample (an exponential race: the token with the largest p / q, one
-    q ~ Exp(1) per token), with the same numbers from the generator, so a seed gives the same text as with
-    multinomial. When the filters certainly keep only tokens among the CANDIDATES most likely, only those
-    are filtered and raced (`draw_among_candidates`): no sort of the whole vocabulary, the same winner.
+    Every filter keeps a prefix of the tokens sorted by probability, so when it certainly ends among the k
+    most likely, for k in CANDIDATES, only those are sorted, filtered and drawn from (`nucleus_size`,
+    `draw_index`), in plain Python on the k numbers: right after a model step has streamed its weights
+    through the caches, each tensor operation costs tens of microseconds, more than that arithmetic. Only
+    when the candidates cannot tell is the whole vocabulary filtered (`filter_scores`).
     """
     if cfg.strategy == "greedy" or cfg.temperature < MIN_TEMPERATURE:
-        return scores.argmax(-1)
-    q = torch.empty_like(scores).exponential_(1, generator=generator)
-    picked = draw_among_candidates(scores, cfg, q)
-    if picked is not None:
-        return picked
-    return (torch.softmax(filter_scores(scores, cfg), -1) / q).argmax(-1)
+        return scores.argmax(-1).tolist()
+    vocab = scores.shape[-1]
+    probs = torch.softmax(scores / cfg.temperature, -1)
+    if cfg.top_k or cfg.top_p < 1 or cfg.min_p > 0:
+        for k in CANDIDATES:
+            if k >= vocab or k <= cfg.top_k:
+                continue
+            top, ids = torch.topk(probs, k, -1)  # most likely first
+            rows = top.tolist()
+            sizes = [nucleus_size(row, cfg, vocab) for row in rows]
+            if None in sizes:
+                continue
+            draws = torch.rand(len(rows), generator=generator).tolist()
+            return [row_ids[draw_index(row[:m], u)] for row_ids, row, m, u in zip(ids.tolist(), rows, sizes, draws)]
+        probs = torch.softmax(filter_scores(scores, cfg), -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
 
 
-CANDIDATES = 256  # the most likely tokens that sampling considers first (see draw_among_candidates)
+def draw_index(weights: list[float], u: float) -> int:
+    """The index that a uniform number u in [0, 1) picks from weights in proportion (inverse CDF)."""
+    target = u * sum(weights)
+    total = 0.0
+    for i, w in enumerate(weights):
+        total += w
+        if total > target:
+            return i
+    return max(i for i, w in enumerate(weights) if w > 0)  # rounding left u past the end
 
 
-def draw_among_candidates(scores: Tensor, cfg: GenerationConfig, q: Tensor) -> Tensor | None:
-    """The token `choose` draws with the race numbers `q` (K, V), found among the CANDIDATES most likely
-    tokens; None when the filters might keep a token outside them (then the whole vocabulary is used).
+# the most likely tokens that sampling considers first, then next (see `choose`); the 8,000-token LM's
+# top-p 0.9 nucleus at temperature 0.8 is within 256 tokens in ~80% of steps and within 2,048 in all we saw
+CANDIDATES = (256, 2048)
 
-    Every token outside is at most as likely as the last candidate, so it is certainly cut when that one is
-    cut for a reason that holds for all less likely tokens: it is past the top-k, the candidates already hold
-    the top-p mass, or it is under the min-p share of the most likely token.
+
+def nucleus_size(top: list[float], cfg: GenerationConfig, vocab: int) -> int | None:
+    """How many of the most likely tokens top-k, top-p and min-p keep, from the probabilities of the
+    len(top) most likely (in order; a softmax over the whole vocabulary); None when the filters may keep a
+    token beyond them.
+
+    Each filter keeps a prefix of that order, so when one cuts a token among these, every less likely
+    token is cut too; when none does and there are more tokens, the list was too short to tell.
     """
-    if scores.shape[-1] <= CANDIDATES or cfg.top_k >= CANDIDATES or not (cfg.top_k or cfg.top_p < 1
-                                                                          or cfg.min_p > 0):
-        return None
-    top, ids = torch.topk(scores / cfg.temperature, CANDIDATES, -1)  # most likely first
-    certain = torch.zeros(top.shape[0], dtype=torch.bool, device=top.device)
+    keep = len(top)
+    total = 1.0
     if cfg.top_k:
-        kth = top[:, cfg.top_k - 1:cfg.top_k]
-        certain |= top[:, -1] < kth[:, 0]  # (equal scores past the candidates would be kept)
-        top = top.masked_fill(top < kth, float("-inf"))
-        log_total = torch.logsumexp(top, -1, keepdim=True)  # what filter_scores' softmax sums: the top-k
-    else:
-        log_total = torch.logsumexp(scores / cfg.temperature, -1, keepdim=True)
+        if cfg.top_k > keep:
+            return None if keep < vocab else keep
+        kth = top[cfg.top_k - 1]
+        keep = next((i for i in range(cfg.top_k, keep) if top[i] < kth), keep)  # ties with the k-th stay
+        total = sum(top[:keep])  # top-p is a share of what top-k kept
     if cfg.top_p < 1.0:
-        probs = torch.exp(top - log_total)
-        cumulative = probs.cumsum(-1)
-        top = top.masked_fill(cumulative - probs >= cfg.top_p, float("-inf"))
-        certain |= cumulative[:, -1] >= cfg.top_p
+        before = 0.0
+        for i in range(keep):
+            if before >= cfg.top_p * total:  # the tokens above already hold the top-p mass
+                keep = i
+                break
+            before += top[i]
     if cfg.min_p > 0:
-        probs = torch.softmax(top, -1)
-        cut = probs < cfg.min_p * probs[:, :1]
-        top = top.masked_fill(cut, float("-inf"))
-        certain |= cut[:, -1]
-    if not bool(certain.all()):
-        return None
-    race = torch.softmax(top, -1) / q.gather(-1, ids)
-    return ids.gather(-1, race.argmax(-1, keepdim=True)).squeeze(-1)
+        floor = cfg.min_p * top[0]
+        keep = next((i for i in range(keep) if top[i] < floor), keep)
+    return keep if keep < len(top) or len(top) == vocab else None
 
 
 # --------------------------------------------------------------------------- the loops
@@ -278,15 +331,16 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
     """
     model.eval()
     log_probs, state = prime(model, prompt_ids)
-    history = list(prompt_ids) if model.task == "lm" else []
-    for step in range(cfg.max_new_tokens):
-        tok = int(choose(adjust(log_probs, [history], cfg, step), cfg, generator)[0])
+    adjuster = ScoreAdjuster(cfg, [list(prompt_ids) if model.task == "lm" else []], log_probs.shape[1],
+                             log_probs.device)
+    for _ in range(cfg.max_new_tokens):
+        tok = choose(adjuster(log_probs), cfg, generator)[0]
         if tok == EOS and cfg.stop_at_eos:
             return
         if trace is not None and "attn" in state:
             trace.append(state["attn"][0].cpu())
         yield tok
-        history.append(tok)
+        adjuster.advance([0], [tok])
         log_probs, state = model.step(torch.tensor([tok], device=log_probs.device), state)
 
 
@@ -300,7 +354,8 @@ def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tup
     model.eval()
     K = cfg.num_beams
     log_probs, state = prime(model, prompt_ids)
-    prefix = list(prompt_ids) if model.task == "lm" else []
+    adjuster = ScoreAdjuster(cfg, [list(prompt_ids) if model.task == "lm" else []], log_probs.shape[1],
+                             log_probs.device)
     beams: list[list[int]] = [[]]
     scores = torch.zeros(1, device=log_probs.device)
     finished: list[tuple[list[int], float]] = []
@@ -309,7 +364,7 @@ def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tup
         return score / (max(length, 1) ** cfg.length_penalty)
 
     for step in range(cfg.max_new_tokens):
-        lp = adjust(log_probs, [prefix + b for b in beams], cfg, step)
+        lp = adjuster(log_probs)
         cand = (scores.unsqueeze(1) + lp).view(-1)
         top = torch.topk(cand, min(2 * K, cand.numel()))
         keep_rows, keep_toks, keep_scores = [], [], []
@@ -332,6 +387,7 @@ def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tup
         scores = torch.tensor(keep_scores, device=scores.device)
         if step == cfg.max_new_tokens - 1:
             break
+        adjuster.advance(keep_rows, keep_toks)
         log_probs, state = model.step(torch.tensor(keep_toks, device=idx.device), _reorder(state, idx))
     if len(finished) < K:  # out of steps: unfinished beams compete too
         finished += [(b, normalised(float(s), len(b))) for b, s in zip(beams, scores.tolist())]
@@ -395,8 +451,9 @@ def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
     log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
     out: list[list[int]] = [[] for _ in range(B)]
     active = list(range(B))  # rows still writing; finished rows leave the batch, so each step is cheaper
+    adjuster = ScoreAdjuster(cfg, out, log_probs.shape[1], device)
     for step in range(cfg.max_new_tokens):
-        toks = choose(adjust(log_probs, [out[i] for i in active], cfg, step), cfg, generator).tolist()
+        toks = choose(adjuster(log_probs), cfg, generator)
         keep = []
         for pos, (i, t) in enumerate(zip(active, toks)):
             if t != EOS:
@@ -407,5 +464,6 @@ def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
         if len(keep) < len(active):
             idx = torch.tensor(keep, device=device)
             state, active, toks = _reorder(state, idx), [active[p] for p in keep], [toks[p] for p in keep]
+        adjuster.advance(keep, toks)
         log_probs, state = model.step(torch.tensor(toks, device=device), state)
     return out

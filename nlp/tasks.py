@@ -195,7 +195,7 @@ class ChatTask(Task):
                      "rank_rows": float(real.sum()), "rank_loss": float(rank.detach())}
         if not train and B > 1:
             other = token_nll(net(src.roll(1, 0), src_len.roll(1, 0), b["tgt_in"])[0], b["tgt_out"])[0]
-            extra.update(gain=float(other - loss), gain_tokens=float(n))
+            extra.update(gain=float((other - loss).detach()), gain_tokens=float(n))
         return loss, n, None, extra
 
     def summary(self, sums):

@@ -158,7 +158,28 @@ def test_vectorised_adjust_matches_the_row_by_row_definition():
             expect[sorted(set(hist))] -= math.log(1.5)
             expect[sorted(_reference_bans(hist, n))] = float("-inf")
             torch.testing.assert_close(out[row], expect)
-            assert banned_ngram_tokens(hist, n, vocab=6) == _reference_bans(hist, n)
+            assert banned_ngram_tokens(hist, n) == _reference_bans(hist, n)
+
+
+def test_adjusting_token_by_token_matches_adjusting_from_the_whole_history():
+    """The decoding loops keep the bans up to date as rows grow, finish (rows leave) and split (beam search
+    continues a row twice); at every step the result equals `adjust` computed afresh from the histories."""
+    from nlp.decoding import ScoreAdjuster, adjust
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        cfg = GenerationConfig(repetition_penalty=(1.0, 1.5, 0.7)[trial % 3], no_repeat_ngram_size=trial % 4,
+                               banned_ids=((2,), ())[trial % 2], min_new_tokens=2)
+        histories = [torch.randint(0, 7, (int(torch.randint(0, 6, (1,), generator=gen)),),
+                                   generator=gen).tolist() for _ in range(1 + trial % 3)]
+        adjuster = ScoreAdjuster(cfg, histories, 7)
+        for step in range(8):
+            scores = torch.log_softmax(torch.randn(len(histories), 7, generator=gen), -1)
+            torch.testing.assert_close(adjuster(scores), adjust(scores, histories, cfg, generated=step))
+            parents = torch.randint(0, len(histories), (int(torch.randint(1, 4, (1,), generator=gen)),),
+                                    generator=gen).tolist()
+            tokens = torch.randint(0, 7, (len(parents),), generator=gen).tolist()
+            adjuster.advance(parents, tokens)
+            histories = [histories[p] + [t] for p, t in zip(parents, tokens)]
 
 
 def test_filters_keep_what_they_promise():
@@ -230,33 +251,54 @@ SAMPLING = [dict(top_p=0.9), dict(top_k=40), dict(top_k=40, top_p=0.8), dict(min
 
 
 @pytest.mark.parametrize("settings", SAMPLING, ids=[str(s) for s in SAMPLING])
-def test_drawing_among_the_candidates_is_what_multinomial_draws_from_the_whole_vocabulary(settings):
-    from nlp.decoding import draw_among_candidates
+def test_the_candidates_keep_what_filtering_the_whole_vocabulary_keeps(settings):
+    from nlp.decoding import nucleus_size
 
     torch.manual_seed(0)
-    scores = torch.log_softmax(torch.randn(300, 3000) * 6, -1)  # peaked enough that the candidates suffice
+    scores = torch.log_softmax(torch.randn(300, 3000) * 6, -1)  # peaked enough that 256 candidates suffice
     cfg = GenerationConfig(**settings)
-    probs = torch.softmax(filter_scores(scores, cfg), -1)
-    q = torch.empty_like(scores).exponential_(1, generator=torch.Generator().manual_seed(1))
-    fast = draw_among_candidates(scores, cfg, q)
-    assert fast is not None
-    assert torch.equal(fast, (probs / q).argmax(-1))
-    assert torch.equal(choose(scores, cfg, torch.Generator().manual_seed(1)),
-                       torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1)).squeeze(-1))
+    kept = torch.isfinite(filter_scores(scores, cfg)).sum(-1).tolist()
+    top = torch.topk(torch.softmax(scores / cfg.temperature, -1), 256, -1).values.tolist()
+    assert [nucleus_size(row, cfg, 3000) for row in top] == kept
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=0.9), dict(top_k=3, temperature=1.3), dict(min_p=0.2, top_p=0.95),
+                                      dict(temperature=0.7, top_p=1.0)], ids=str)
+@pytest.mark.parametrize("vocab", [6, 600], ids=["whole vocabulary", "among candidates"])
+def test_sampling_draws_from_the_filtered_distribution(settings, vocab):
+    """100,000 seeded draws of one distribution: each token's share is its filtered probability (the
+    standard error of a share is at most 0.0016), whether it is drawn among the candidates or the whole
+    vocabulary."""
+    from nlp.decoding import CANDIDATES
+
+    logits = torch.full((vocab,), -30.0)
+    logits[:6] = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5])
+    scores = torch.log_softmax(logits, -1).expand(100_000, -1)
+    cfg = GenerationConfig(**settings)
+    assert (vocab > CANDIDATES[0]) == (vocab == 600)
+    drawn = torch.tensor(choose(scores, cfg, make_generator(0)))
+    share = torch.bincount(drawn, minlength=vocab)[:6] / len(drawn)
+    expected = torch.softmax(filter_scores(scores[:1], cfg), -1)[0, :6]
+    assert (share - expected).abs().max() < 0.008, (share, expected)
 
 
 def test_a_flat_distribution_is_drawn_from_the_whole_vocabulary():
-    from nlp.decoding import CANDIDATES, draw_among_candidates
+    from nlp.decoding import CANDIDATES, nucleus_size
 
-    flat = torch.log_softmax(torch.zeros(3, 4 * CANDIDATES), -1)
-    q = torch.ones_like(flat)
-    assert draw_among_candidates(flat, GenerationConfig(top_p=0.9), q) is None  # the nucleus is 922 tokens
-    assert draw_among_candidates(flat, GenerationConfig(top_p=1.0), q) is None  # nothing is cut
-    cfg = GenerationConfig(top_p=0.5)
-    drawn = choose(flat[:1].expand(4000, -1), cfg, torch.Generator().manual_seed(0))
-    assert torch.equal(drawn, torch.multinomial(torch.softmax(filter_scores(flat[:1].expand(4000, -1), cfg), -1), 1,
-                                                generator=torch.Generator().manual_seed(0)).squeeze(-1))
-    assert drawn.unique().numel() > 400
+    vocab = 4 * CANDIDATES[-1]
+    flat = [1 / vocab] * vocab
+    for k in CANDIDATES:
+        assert nucleus_size(flat[:k], GenerationConfig(top_p=0.9), vocab) is None  # the nucleus is 7,373 tokens
+        assert nucleus_size(flat[:k], GenerationConfig(top_p=1.0), vocab) is None  # nothing is cut
+        assert nucleus_size(flat[:k], GenerationConfig(top_k=50, top_p=1.0), vocab) is None  # all tie with the 50th
+    assert nucleus_size(flat[:CANDIDATES[0]], GenerationConfig(top_p=0.2), vocab) is None  # 1,639 tokens
+    assert nucleus_size(flat[:CANDIDATES[1]], GenerationConfig(top_p=0.2), vocab) == 1639
+    assert nucleus_size(flat, GenerationConfig(top_p=0.9), vocab) == 7373
+    scores = torch.log_softmax(torch.zeros(4000, vocab), -1)
+    drawn = torch.tensor(choose(scores, GenerationConfig(top_p=0.5), make_generator(0)))
+    assert drawn.unique().numel() > 2000  # 4,000 draws among the nucleus' 4,096 tokens
+    drawn = torch.tensor(choose(scores, GenerationConfig(top_p=0.2), make_generator(0)))
+    assert 1200 < drawn.unique().numel() <= 1639  # among the second tier's candidates
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])

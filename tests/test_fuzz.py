@@ -96,7 +96,7 @@ def test_score_processing_keeps_a_token_to_choose(rows, vocab, data):
     finite = torch.isfinite(adjusted).any(-1)
     assert (torch.isfinite(kept).any(-1) == finite).all()  # filtering never empties a row that had a choice
     if finite.all():
-        picked = choose(adjusted, cfg, make_generator(0))
+        picked = torch.tensor(choose(adjusted, cfg, make_generator(0)))
         assert torch.isfinite(adjusted.gather(1, picked[:, None])).all()
 
 
