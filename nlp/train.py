@@ -277,7 +277,7 @@ class Trainer:
         if bad:
             self.p.nonfinite += 1
             self.p.nonfinite_run += 1
-            self.log({"event": "nonfinite", "step": self.p.step + 1, "loss": str(float(loss)),
+            self.log({"event": "nonfinite", "step": self.p.step + 1, "loss": str(float(loss.detach())),
                       "grad_norm": str(float(norm))})
             self.opt.zero_grad(set_to_none=True)
         else:
