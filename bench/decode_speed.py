@@ -10,10 +10,10 @@ round (`--repeats` rounds), the copy among them: `times_the_floor` is each round
 floor, median over rounds; `ms_per_token` the median time. Per token:
 - "sampling (ours)": `sample_tokens` with the checkpoint's default decoding (temperature, top-p, repetition
   penalty, n-gram ban), as the app and the CLI run it;
-- "sampling, whole-vocabulary filtering (baseline)": the same decoding as the loop ran before issue 13's work on
-  it: every step recomputes the repetition penalty and n-gram bans from the whole history, sorts the whole
-  vocabulary for top-p and draws a race number for every token (a draw from the same distribution; other
-  tokens for the same seed);
+- "sampling, whole-vocabulary filtering (baseline)": the same decoding the way the loop ran it before issue 13's
+  work on it: every step recomputes the repetition penalty and n-gram bans from the whole history (with today's
+  `adjust`), sorts the whole vocabulary for top-p and draws a race number for every token (a draw from the same
+  distribution; other tokens for the same seed);
 - "model step only": `LanguageModel.step` (the matrix-vector step through the stack and the output layer),
   with the recurrent and output weights stored transposed as the app and the CLI load them
   (`nlp.serve.open_checkpoint`, `nlp.models.transposed_weights`); baselines: "only the output layer
