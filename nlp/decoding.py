@@ -150,11 +150,10 @@ class ScoreAdjuster:
         self.penalty = None
         if self.banned or cfg.repetition_penalty != 1.0:
             self.penalty = torch.zeros(len(histories), vocab, device=device)
-            if cfg.repetition_penalty != 1.0:
-                rows = [r for r, h in enumerate(self.histories) for t in set(h) if t not in self.banned]
-                toks = [t for h in self.histories for t in set(h) if t not in self.banned]
-                if rows:
-                    self.penalty[rows, toks] = self.log_penalty
+            seen = [(r, t) for r, h in enumerate(self.histories) for t in set(h) if t not in self.banned]
+            if cfg.repetition_penalty != 1.0 and seen:
+                rows, toks = zip(*seen)
+                self.penalty[list(rows), list(toks)] = self.log_penalty
             if self.banned:
                 self.penalty[:, sorted(self.banned)] = float("inf")
         self.follow = [_follow_map(h, self.n) for h in self.histories] if self.n else None
@@ -331,8 +330,7 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
     """
     model.eval()
     log_probs, state = prime(model, prompt_ids)
-    adjuster = ScoreAdjuster(cfg, [list(prompt_ids) if model.task == "lm" else []], log_probs.shape[1],
-                             log_probs.device)
+    adjuster = _prompt_adjuster(model, prompt_ids, cfg, log_probs)
     for _ in range(cfg.max_new_tokens):
         tok = choose(adjuster(log_probs), cfg, generator)[0]
         if tok == EOS and cfg.stop_at_eos:
@@ -342,6 +340,13 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
         yield tok
         adjuster.advance([0], [tok])
         log_probs, state = model.step(torch.tensor([tok], device=log_probs.device), state)
+
+
+def _prompt_adjuster(model, prompt_ids: list[int], cfg: GenerationConfig, log_probs: Tensor) -> ScoreAdjuster:
+    """One row's ScoreAdjuster: the LM continues its prompt, so the prompt counts as text already written; the
+    chat model's context is the encoder's input, so only the reply counts."""
+    history = list(prompt_ids) if model.task == "lm" else []
+    return ScoreAdjuster(cfg, [history], log_probs.shape[1], log_probs.device)
 
 
 def _reorder(state: dict, idx: Tensor) -> dict:
@@ -354,8 +359,7 @@ def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tup
     model.eval()
     K = cfg.num_beams
     log_probs, state = prime(model, prompt_ids)
-    adjuster = ScoreAdjuster(cfg, [list(prompt_ids) if model.task == "lm" else []], log_probs.shape[1],
-                             log_probs.device)
+    adjuster = _prompt_adjuster(model, prompt_ids, cfg, log_probs)
     beams: list[list[int]] = [[]]
     scores = torch.zeros(1, device=log_probs.device)
     finished: list[tuple[list[int], float]] = []
