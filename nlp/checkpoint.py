@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     if impl:
         model_cfg["impl"] = impl
     try:
-        model = build_model(config["task"], model_cfg)
+        model = build_model(config["task"], model_cfg, draw_weights=False)  # every weight is loaded below
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
     if model.config.vocab_size != tokenizer.vocab_size:

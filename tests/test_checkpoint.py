@@ -143,3 +143,22 @@ def test_training_state_round_trip(tmp_path, tokenizer, no_pickle):
     assert sa.keys() == sb.keys()
     for k in sa:
         torch.testing.assert_close(sa[k]["exp_avg"], sb[k]["exp_avg"])
+
+
+def test_loading_skips_the_random_initialisation_and_puts_it_back(tmp_path, tokenizer, monkeypatch):
+    from nlp.models import weights_not_drawn
+
+    drawn = []
+    real = torch.nn.init.orthogonal_
+    monkeypatch.setattr(torch.nn.init, "orthogonal_", lambda t, *a, **k: drawn.append(t.shape) or real(t, *a, **k))
+    save_checkpoint(tmp_path / "c", small_lm(tokenizer), tokenizer)
+    drawn.clear()
+    load_checkpoint(tmp_path / "c")
+    assert drawn == []  # every weight comes from the file: none is drawn first
+    with pytest.raises(RuntimeError), weights_not_drawn():
+        t = torch.zeros(4)
+        assert torch.nn.init.uniform_(t) is t and not t.any()
+        raise RuntimeError("a build that fails")
+    assert torch.nn.init.uniform_(t).any()
+    small_lm(tokenizer)
+    assert drawn  # drawn again after the load
