@@ -300,6 +300,23 @@ def test_models_page_shows_each_checkpoint(checkpoints):
     assert len(curves) == 3 and all("val loss" in c for c in curves)  # each chart says what its curves are
 
 
+def test_the_chat_box_is_drawn_before_the_model_loads(checkpoints, monkeypatch):
+    """On a cold start (`python -m webapp` loads the model while the page opens) the box shows at once and a
+    message sent meanwhile waits for the load, not the box for the model."""
+    import streamlit
+
+    import ui
+
+    calls = []
+    box, load = streamlit.chat_input, ui.open_checkpoint
+    monkeypatch.setattr(streamlit, "chat_input", lambda *a, **k: calls.append("box") or box(*a, **k))
+    monkeypatch.setattr(ui, "open_checkpoint", lambda *a: calls.append("load") or load(*a))
+    at = page("chat.py").run()
+    assert not at.exception and calls == ["box", "load"]
+    say(at, "Hello there")
+    assert at.chat_message[-1].name == "assistant" and calls == ["box", "load", "box"]
+
+
 def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoints):
     (checkpoints / "chat").unlink()
     at = page("chat.py").run()

@@ -3,8 +3,8 @@
     python -m webapp [streamlit options, e.g. --server.port=8501]      (the Procfile's and the Dockerfile's command)
 
 Streamlit runs a page's script only when a browser connects, so the first visitor would wait for torch's
-import and the chat model's load after the server is up. Here a thread does that work at once, while Streamlit
-starts and the browser loads the page, and fills the same `st.cache_resource` cache the pages read (its
+import and the chat model's load after the server is up. Here a thread does that work as soon as the server
+is up, while the browser loads the page, and fills the same `st.cache_resource` cache the pages read (its
 per-key lock makes a page that asks early wait for the load instead of loading twice); the other models follow
 after the first reply. A model that cannot be loaded is left to its page, which says why.
 `streamlit run webapp/app.py` still works, without the head start.
@@ -14,6 +14,7 @@ import ctypes
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 WEBAPP = Path(__file__).resolve().parent
@@ -41,6 +42,19 @@ def preload(others_after: float = 30.0) -> None:
         load(task)
 
 
+def preload_once_serving(limit: float = 10.0) -> None:
+    """`preload` as soon as Streamlit's server is up (or after `limit` seconds). Started at once, torch's
+    import shared the GIL with the server's start and held the page back: process start -> first reply took
+    1.5 s longer (bench/cold_start.py)."""
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.runtime import RuntimeState
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and not (Runtime.exists() and Runtime.instance().state != RuntimeState.INITIAL):
+        time.sleep(0.01)
+    preload()
+
+
 def not_from_preload(record: logging.LogRecord) -> bool:
     """Outside a page's run Streamlit warns that there is no script context: for the preload that is expected."""
     return record.threadName != "preload-models"
@@ -65,7 +79,7 @@ def main() -> None:
     logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(not_from_preload)
     from streamlit.web import cli  # first, in this thread: Streamlit's import is not safe from two threads
 
-    threading.Thread(target=preload, name="preload-models", daemon=True).start()
+    threading.Thread(target=preload_once_serving, name="preload-models", daemon=True).start()
     cli.main(["run", str(WEBAPP / "app.py"), *sys.argv[1:]], prog_name="streamlit")
 
 

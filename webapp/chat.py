@@ -15,6 +15,9 @@ from ui import (
 )
 
 st.title("Chat")
+# The chat box first (Streamlit pins it to the bottom wherever it is called): on a cold start it shows while the
+# model is still loading, and a message sent meanwhile waits for the load instead of for the page
+prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
 ck = model_or_stop("chat")
 cfg, seed = decoding_controls("chat", ck)
 turns = ck.config.get("train", {}).get("context_turns", 3)
@@ -139,7 +142,6 @@ if "chat-draft" in st.session_state:
             del st.session_state["chat-draft"]
             st.rerun()
 
-prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
 if prompt is None:
     prompt = draft
 if prompt is not None:
