@@ -172,8 +172,12 @@ def update_config(path: str | Path, **entries) -> None:
     write_json(Path(path) / CONFIG, config)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: str | None = None) -> Checkpoint:
-    """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: str | None = None,
+                    draw_weights: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line.
+
+    The model is built without drawing a random initialisation (its weights all come from the file), unless
+    `draw_weights`: then the global random stream advances as it did before that shortcut (see `_init_from`)."""
     path = Path(path)
     config = read_config(path)
     for name in (WEIGHTS, TOKENIZER):
@@ -193,7 +197,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     if impl:
         model_cfg["impl"] = impl
     try:
-        model = build_model(config["task"], model_cfg, draw_weights=False)  # every weight is loaded below
+        model = build_model(config["task"], model_cfg, draw_weights)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
     if model.config.vocab_size != tokenizer.vocab_size:

@@ -198,7 +198,9 @@ class Trainer:
 
     def _init_from(self, path: Path):
         """Copy every weight whose name and shape match (e.g. an LM's embedding into the classifier)."""
-        src_ck = ckpt.load_checkpoint(path)
+        # drawing the source model's initialisation as loads always did keeps a seeded run's random stream
+        # (dropout) the one the shipped recipes were trained with, so they retrain exactly
+        src_ck = ckpt.load_checkpoint(path, draw_weights=True)
         own = self.model.state_dict()
         names = self.task.init_names.get(src_ck.task, {})
         taken = []

@@ -162,3 +162,16 @@ def test_loading_skips_the_random_initialisation_and_puts_it_back(tmp_path, toke
     assert torch.nn.init.uniform_(t).any()
     small_lm(tokenizer)
     assert drawn  # drawn again after the load
+
+
+def test_a_load_for_init_from_advances_the_random_stream_as_a_build_does(tmp_path, tokenizer):
+    """Training's --init-from loads with draw_weights=True: a seeded run's dropout stream stays the one the
+    shipped recipes were trained with, so they retrain exactly."""
+    m = small_lm(tokenizer)
+    save_checkpoint(tmp_path / "c", m, tokenizer)
+    torch.manual_seed(3)
+    LanguageModel(m.config)
+    after_build = torch.rand(3)
+    torch.manual_seed(3)
+    load_checkpoint(tmp_path / "c", draw_weights=True)
+    torch.testing.assert_close(torch.rand(3), after_build)
