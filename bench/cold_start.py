@@ -8,7 +8,9 @@ main before issue 13's work) checked out in a temporary git worktree; both serve
 Chromium is started first (a visitor's browser is already open); the clock starts when the Procfile command is
 spawned and stops when the reply's first text is on the page ("reply shown") and when the page's run is over
 ("page idle"). Then, once the server is idle, a second tab times page opened -> reply shown: the part of a
-cold start that the browser and the page's run take whatever the server does. Median of --repeats; the file
+cold start that the browser and the page's run take whatever the server does. The same marks for
+bench/bare_chat.py (a chat page that echoes, no torch, no model) give the floor: what Streamlit and the browser
+alone take on the machine. Median of --repeats; the file
 cache is warm after the first run, so this is a cold process, not a cold disk. Needs Debian's chromium and the
 playwright package (see tests/test_browser.py).
 """
@@ -33,6 +35,7 @@ from common import machine, save  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 BASELINE = "38e160f"  # main before issue 13's work (lazy imports, serving without datasets)
+FLOOR = "floor: bench/bare_chat.py (Streamlit, no model)"
 MESSAGE = "Hi! What did you do this weekend?"
 REPLY_SHOWN = ("() => { const m = document.querySelectorAll('[data-testid=stChatMessage]');"
                " return m.length >= 2 && m[1].querySelector('[data-testid=stMarkdownContainer]') !== null"
@@ -49,6 +52,12 @@ def free_port() -> int:
 def procfile_command(root: Path, port: int) -> list[str]:
     line = (root / "Procfile").read_text().strip()
     return shlex.split(line.removeprefix("web: ").replace("$PORT", str(port)))
+
+
+def bare_command(port: int) -> list[str]:
+    """The Procfile's server options on bench/bare_chat.py: Streamlit and the browser with no model at all."""
+    options = [o for o in procfile_command(ROOT, port) if o.startswith("--")]
+    return [sys.executable, "-m", "streamlit", "run", str(ROOT / "bench" / "bare_chat.py"), *options]
 
 
 def help_seconds(root: Path) -> float:
@@ -95,15 +104,17 @@ def wait_until_idle(pid: int, quiet: float = 0.05, every: float = 0.5, limit: fl
         time.sleep(10)
 
 
-def first_reply(root: Path, checkpoints: Path, browser) -> dict[str, float]:
-    """Seconds from spawning the Procfile command to: health check ok, chat box shown, reply shown, page idle."""
+def first_reply(root: Path, checkpoints: Path, browser, bare: bool = False) -> dict[str, float]:
+    """Seconds from spawning the Procfile command (`bare`: bench/bare_chat.py's) to: health check ok, chat box
+    shown, reply shown, page idle."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     page = new_page(browser)
     env = {**os.environ, "NLP_CHECKPOINTS": str(checkpoints)}
     marks = {}
     start = time.perf_counter()
-    proc = subprocess.Popen(procfile_command(root, port), cwd=root, env=env, stdout=subprocess.DEVNULL,
+    command = bare_command(port) if bare else procfile_command(root, port)
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     try:
         while True:
@@ -153,7 +164,7 @@ def main() -> None:
         try:
             trees = {"this tree": ROOT, f"baseline {a.baseline}": base}
             helps = {name: [] for name in trees}
-            replies = {name: [] for name in trees}
+            replies = {name: [] for name in [*trees, FLOOR]}
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -162,6 +173,7 @@ def main() -> None:
                     for name, root in trees.items():
                         helps[name].append(help_seconds(root))
                         replies[name].append(first_reply(root, checkpoints, browser))
+                    replies[FLOOR].append(first_reply(ROOT, checkpoints, browser, bare=True))
                 browser.close()
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
