@@ -1,6 +1,7 @@
 """Cold start of the hosted demo: Procfile start -> first chat reply in Chromium, and `python -m nlp --help`.
 
     python bench/cold_start.py [--baseline REV] [--repeats 3]     # writes bench/results/cold_start.json
+                                                                  # (cold_start_vs_REV.json for another REV)
 
 Issue 13 asks for at most 3.5 s from process start to the first reply text, and at most 1 s for `--help`, on
 the development CPU. Both are measured for this tree and, as the baseline in the same run, for REV (default:
@@ -177,7 +178,7 @@ def main() -> None:
                 browser.close()
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
-    save("cold_start", {
+    save("cold_start" if a.baseline == BASELINE else f"cold_start_vs_{a.baseline}", {
         "machine": machine(), "checkpoints": str(checkpoints), "repeats": a.repeats, "message": MESSAGE,
         "what": "seconds from spawning the Procfile command (browser already open) to each mark, median",
         "procfile_start_to_first_reply_s": {name: medians(runs) for name, runs in replies.items()},

@@ -44,8 +44,8 @@ def preload(others_after: float = 30.0) -> None:
 
 def preload_once_serving(limit: float = 10.0) -> None:
     """`preload` as soon as Streamlit's server is up (or after `limit` seconds). Started at once, torch's
-    import shared the GIL with the server's start and held the page back: process start -> first reply took
-    1.5 s longer (bench/cold_start.py)."""
+    import shared the GIL with the server's start: the health check answered 0.6 s later (bench/cold_start.py),
+    and the browser could fetch the page only then."""
     from streamlit.runtime import Runtime
     from streamlit.runtime.runtime import RuntimeState
 
