@@ -387,12 +387,17 @@ def _guard(fn) -> int:
     """The project's own errors (bad input) print one line and exit 2; anything else is a bug in this program
     and shows as one: its traceback and where to report it, exit 1."""
     try:
-        return fn()
+        code = fn()
+        sys.stdout.flush()  # here, where a reader that has gone is caught below, not in the exit's own flush
+        return code
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # whoever read the output stopped (`| head`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush fails once more
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception:
         import traceback
 

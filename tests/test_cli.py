@@ -91,6 +91,15 @@ def test_errors_are_one_line_without_traceback(args, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_output_into_a_closed_pipe_is_not_reported_as_a_bug():
+    """`python -m nlp ... | head`: when the reader has gone, the command stops quietly (exit 141, as SIGPIPE)."""
+    p = subprocess.Popen([sys.executable, "-m", "nlp", "corpora", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    p.stdout.close()  # before it writes a line: its first write finds no reader
+    err = p.stderr.read()
+    assert p.wait() == 141 and err == ""
+
+
 def test_wrong_model_kind_and_hostile_text(trained, capsys, tmp_path):
     assert main(["chat", "--checkpoint", str(trained["lm"])]) == 2
     assert "holds a language model, not a chat model" in capsys.readouterr().err
