@@ -57,6 +57,11 @@ class TrainConfig:
     negation_augment: float = field(default=0.0, metadata={
         "help": "sentiment: add this fraction of negated and 'A, but B' copies of the training sentences "
                 "(nlp.augment)"})
+    distill_from: str = field(default="", metadata={
+        "help": "sentiment: a trained classifier to keep agreeing with where it is right (learning without "
+                "forgetting): on each training row whose label it predicts, the KL divergence from its label "
+                "probabilities and the squared difference from its rating join the loss"})
+    distill_weight: float = field(default=1.0, metadata={"help": "sentiment: weight of the distill_from terms"})
     epochs: int = field(default=10, metadata={"help": "passes over the training data"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit)"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (resumably) after this long (0 = no limit)"})

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nlp import data as D
-from nlp.errors import CorpusError
+from nlp.errors import ConfigError, CorpusError
 from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, token_nll
 from nlp.tokenizer import PAD, SEP, Tokenizer
 
@@ -245,7 +245,30 @@ class SentimentTask(Task):
         if "rating" in out:
             # ratings run -4..+4: scaled to -1..1 so the two losses have comparable sizes
             loss = loss + self.cfg.rating_weight * F.mse_loss(out["rating"].float(), b["rating"] / 4, reduction="sum")
+        if train and self.cfg.distill_from:
+            loss = loss + self.cfg.distill_weight * self.distillation(out, b)
         return loss, torch.tensor(len(b["label"]), device=self.device), None, extra
+
+    def distillation(self, out: dict, b: dict) -> torch.Tensor:
+        """Learning without forgetting (Li & Hoiem 2016), on the rows the teacher (distill_from) gets right:
+        what it does well stays, while the labels still teach what it gets wrong (e.g. augmented negations)."""
+        if getattr(self, "teacher", None) is None:
+            from nlp.checkpoint import load_checkpoint
+
+            ck = load_checkpoint(self.cfg.distill_from, self.device)
+            if ck.task != "sentiment":
+                raise ConfigError(f"distill_from needs a sentiment classifier; {self.cfg.distill_from} is a "
+                                  f"{ck.task} model")
+            self.teacher = ck.model.eval()
+        with torch.no_grad():
+            t = self.teacher(b["ids"], b["lengths"])
+        right = (t["logits"].argmax(-1) == b["label"]).float()
+        kl = F.kl_div(F.log_softmax(out["logits"].float(), -1), F.log_softmax(t["logits"].float(), -1),
+                      log_target=True, reduction="none").sum(-1)
+        loss = (right * kl).sum()
+        if "rating" in out and "rating" in t:
+            loss = loss + self.cfg.rating_weight * (right * (out["rating"].float() - t["rating"].float()) ** 2).sum()
+        return loss
 
     def summary(self, sums):
         return {**super().summary(sums), "val_accuracy": sums["correct"] / max(sums["labelled"], 1)}

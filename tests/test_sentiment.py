@@ -114,3 +114,43 @@ def test_probe_set_is_balanced_and_the_probe_command_reports_by_kind(trained, ca
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == len(rows) and set(result["by_kind"]) == kinds
     assert len(result["misses"]) == round((1 - result["accuracy"]) * len(rows))
+
+
+def test_distillation_keeps_what_the_teacher_gets_right(trained, tokenizer):
+    """--distill-from (learning without forgetting): nothing to learn for a student that answers as its teacher,
+    a positive term once it differs, and none on the rows the teacher gets wrong (the labels alone teach there)."""
+    import torch
+
+    from nlp.checkpoint import load_checkpoint
+    from nlp.config import resolve_config
+    from nlp.data import SentimentExample, collate_sentiment
+    from nlp.tasks import SentimentTask
+
+    task = SentimentTask(resolve_config(["--task", "sentiment", "--distill-from", str(trained["sentiment"])]),
+                         torch.device("cpu"))
+    texts = ["A gorgeous, moving and funny film.", "Dull and far too long.", "The battery died in a day.",
+             "I loved every minute of it."]
+    ids = [tokenizer.encode(t) for t in texts]
+    teacher = load_checkpoint(trained["sentiment"]).model.eval()
+    batch = collate_sentiment([SentimentExample(i, 0, 0.0) for i in ids])
+    with torch.no_grad():
+        same = teacher(batch["ids"], batch["lengths"])
+    said = same["logits"].argmax(-1)
+    other = {"logits": same["logits"] + torch.tensor([2.0, -2.0]), "rating": same["rating"] + 0.5}
+    right = {**batch, "label": said}
+    wrong = {**batch, "label": 1 - said}
+    assert float(task.distillation(same, right)) == pytest.approx(0.0, abs=1e-5)
+    assert float(task.distillation(other, right)) > 0.1
+    assert float(task.distillation(other, wrong)) == 0.0
+
+
+def test_training_with_distillation_needs_a_sentiment_teacher(trained, tokenizer, tmp_path):
+    from nlp.errors import ConfigError
+
+    teacher = str(trained["sentiment"])
+    train_tiny("sentiment", tmp_path / "lwf", tokenizer.path, "--init-from", teacher, "--distill-from", teacher,
+               "--max-steps", "2")
+    assert (tmp_path / "lwf" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="needs a sentiment classifier"):
+        train_tiny("sentiment", tmp_path / "bad", tokenizer.path, "--distill-from", str(trained["lm"]),
+                   "--max-steps", "1")
