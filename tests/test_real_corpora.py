@@ -66,14 +66,28 @@ def test_lm_dry_run_on_wikitext2(capsys):
     assert result["step"] == 3 and result["best_val_loss"] < 10
 
 
+def smoke_train(config: Path, out: Path, capsys, *extra: str) -> None:
+    assert main(["train", "--config", str(config), "--max-steps", "2", "--max-train-examples", "256",
+                 "--eval-batches", "2", "--out", str(out), *extra]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.toml")))
 def test_every_shipped_recipe_retrains_and_evaluates(capsys, tmp_path, config):
-    """Smoke run of each shipped recipe, exactly as documented, for two steps; then `eval` reads the result."""
+    """Smoke run of each shipped recipe, exactly as documented, for two steps; then `eval` reads the result.
+    A recipe that starts from another recipe's run (the sentiment classifier's stage 2 from stage 1's
+    runs/sentiment-base) starts from that recipe's smoke run."""
+    recipe = tomllib.loads((CONFIGS / config).read_text())
+    extra = []
+    if recipe.get("init_from", "").startswith("runs/"):
+        first = next(p for p in CONFIGS.glob("*.toml")
+                     if tomllib.loads(p.read_text()).get("out") == recipe["init_from"])
+        smoke_train(first, tmp_path / "first", capsys)
+        extra = [f"--{key.replace('_', '-')}={tmp_path / 'first'}" for key in ("init_from", "distill_from")
+                 if recipe.get(key) == recipe["init_from"]]
     out = tmp_path / "run"
-    assert main(["train", "--config", str(CONFIGS / config), "--max-steps", "2", "--max-train-examples", "256",
-                 "--eval-batches", "2", "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
-    corpus = tomllib.loads((CONFIGS / config).read_text())["corpus"][0]
-    assert main(["eval", "--checkpoint", str(out), "--corpus", corpus, "--max-examples", "16", "--json"]) == 0
+    smoke_train(CONFIGS / config, out, capsys, *extra)
+    assert main(["eval", "--checkpoint", str(out), "--corpus", recipe["corpus"][0], "--max-examples", "16",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["metrics"] and result["split"] == "test"

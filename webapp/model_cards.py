@@ -42,7 +42,7 @@ for task, title in NAMES.items():
         ck = load_cached(str(path), task)
     except CheckpointError as e:
         st.warning(f"Not available: {e}")
-        st.code(f"python -m nlp train --config {RECIPES[task]}", language="bash")
+        st.code(RECIPES[task], language="bash")
         continue
     problems = list(ck.problems)
     log = read_train_log(path, problems)
