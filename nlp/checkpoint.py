@@ -172,14 +172,21 @@ def update_config(path: str | Path, **entries) -> None:
     write_json(Path(path) / CONFIG, config)
 
 
+TASK_NAMES = {"lm": "language model", "chat": "chat model", "sentiment": "sentiment model"}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: str | None = None,
-                    draw_weights: bool = False) -> Checkpoint:
-    """Load and validate a checkpoint folder; every failure is a CheckpointError with one clear line.
+                    draw_weights: bool = False, task: str | None = None) -> Checkpoint:
+    """Load and validate a checkpoint folder (of `task`'s model, when given); every failure is a CheckpointError
+    with one clear line.
 
     The model is built without drawing a random initialisation (its weights all come from the file), unless
     `draw_weights`: then the global random stream advances as it did before that shortcut (see `_init_from`)."""
     path = Path(path)
     config = read_config(path)
+    if task and config["task"] != task:
+        raise CheckpointError(f"{path} holds a {TASK_NAMES.get(config['task'], config['task'])}, not a "
+                              f"{TASK_NAMES[task]}")
     for name in (WEIGHTS, TOKENIZER):
         try:
             digest = _file_sha256(path / name)

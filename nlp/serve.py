@@ -114,16 +114,11 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
     return reply
 
 
-TASK_NAMES = {"lm": "language model", "chat": "chat model", "sentiment": "sentiment model"}
-
-
 def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None = None) -> Checkpoint:
     """A checkpoint ready to serve: `load_checkpoint`, then the task and the config.json entries that serving
     reads (context length, default decoding, ranking weights, neutral rule) checked, so that a damaged entry
     is a CheckpointError here, not a traceback in the middle of a reply."""
-    ck = load_checkpoint(path, impl=impl)
-    if task and ck.task != task:
-        raise CheckpointError(f"{path} holds a {TASK_NAMES.get(ck.task, ck.task)}, not a {TASK_NAMES[task]}")
+    ck = load_checkpoint(path, impl=impl, task=task)
     where = ck.path / CONFIG
     for key in ("train", "data", "decoding", "neutral"):
         if not isinstance(ck.config.get(key, {}), dict):

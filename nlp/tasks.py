@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nlp import data as D
-from nlp.errors import ConfigError, CorpusError
+from nlp.errors import CorpusError
 from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, token_nll
 from nlp.tokenizer import PAD, SEP, Tokenizer
 
@@ -221,6 +221,14 @@ class SentimentTask(Task):
     defaults = {"corpus": ["vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"]}
     init_names = {"lm": {"rnn.": "encoder."}}  # the LM's layers become the forward half of the encoder
 
+    def __init__(self, cfg, device: torch.device):
+        super().__init__(cfg, device)
+        self.teacher = None  # distill_from's model, loaded here: a wrong path or model fails before training starts
+        if cfg.distill_from:
+            from nlp.checkpoint import load_checkpoint
+
+            self.teacher = load_checkpoint(cfg.distill_from, device, task="sentiment").model.eval()
+
     def examples(self, ds, tok, train):
         if train and self.cfg.negation_augment:
             import datasets
@@ -245,21 +253,13 @@ class SentimentTask(Task):
         if "rating" in out:
             # ratings run -4..+4: scaled to -1..1 so the two losses have comparable sizes
             loss = loss + self.cfg.rating_weight * F.mse_loss(out["rating"].float(), b["rating"] / 4, reduction="sum")
-        if train and self.cfg.distill_from:
+        if train and self.teacher is not None:
             loss = loss + self.cfg.distill_weight * self.distillation(out, b)
         return loss, torch.tensor(len(b["label"]), device=self.device), None, extra
 
     def distillation(self, out: dict, b: dict) -> torch.Tensor:
         """Learning without forgetting (Li & Hoiem 2016), on the rows the teacher (distill_from) gets right:
         what it does well stays, while the labels still teach what it gets wrong (e.g. augmented negations)."""
-        if getattr(self, "teacher", None) is None:
-            from nlp.checkpoint import load_checkpoint
-
-            ck = load_checkpoint(self.cfg.distill_from, self.device)
-            if ck.task != "sentiment":
-                raise ConfigError(f"distill_from needs a sentiment classifier; {self.cfg.distill_from} is a "
-                                  f"{ck.task} model")
-            self.teacher = ck.model.eval()
         with torch.no_grad():
             t = self.teacher(b["ids"], b["lengths"])
         right = (t["logits"].argmax(-1) == b["label"]).float()

@@ -145,12 +145,12 @@ def test_distillation_keeps_what_the_teacher_gets_right(trained, tokenizer):
 
 
 def test_training_with_distillation_needs_a_sentiment_teacher(trained, tokenizer, tmp_path):
-    from nlp.errors import ConfigError
+    from nlp.checkpoint import CheckpointError
 
     teacher = str(trained["sentiment"])
     train_tiny("sentiment", tmp_path / "lwf", tokenizer.path, "--init-from", teacher, "--distill-from", teacher,
                "--max-steps", "2")
     assert (tmp_path / "lwf" / "model.safetensors").exists()
-    with pytest.raises(ConfigError, match="needs a sentiment classifier"):
+    with pytest.raises(CheckpointError, match="holds a language model, not a sentiment model"):
         train_tiny("sentiment", tmp_path / "bad", tokenizer.path, "--distill-from", str(trained["lm"]),
                    "--max-steps", "1")
