@@ -6,8 +6,11 @@ positive whatever surrounds them. This module writes extra training sentences fr
 with rules whose effect on the label is known:
 
   negate     the sentence's one copula or modal gets a "not" ("the film is funny" -> "the film is not funny"),
-             or loses the one it has ("isn't funny" -> "is funny"); the label flips. A negated rating is
-             weaker than the original ("not good" is milder than "bad"), so the rating becomes -0.5 x the old.
+             or loses the one it has ("isn't funny" -> "is funny"); a verbless phrase gets a leading "Not"
+             ("A moving, important film." -> "Not a moving, important film."; "Shallow and noisy." -> "Not
+             shallow and noisy."); the label flips. A negated rating is weaker than the original ("not good"
+             is milder than "bad"), so the rating becomes -0.5 x the old. A third of the added "not"s take
+             "at all" ("not funny at all"), the commonest way to stress a negation.
   contrast   two sentences of the same domain with opposite labels joined by "but": the clause after "but"
              carries the sentence ("A, but B" takes B's label; VADER's own rule weights the part after "but"
              1.5x), with 0.75 x B's rating.
@@ -33,6 +36,19 @@ CLAUSE_WORDS = {"but", "yet", "although", "though", "however", "so", "because", 
                 "unless", "until", "despite", "except"}
 MAX_WORDS = 15
 MIN_RATING = 1.0
+
+# What makes a phrase more than a verbless phrase: a verb or auxiliary, a subject pronoun, a relative word.
+CLAUSE_MARKERS = {*COPULAS, *NEGATED, "do", "does", "did", "has", "have", "had", "be", "been", "being", "may",
+                  "might", "shall", "i", "you", "he", "she", "we", "they", "it", "this", "that", "these",
+                  "those", "there", "here", "my", "your", "his", "her", "its", "our", "their", "who", "which",
+                  "what", "where", "when", "how", "why", "let", "please"}
+INTERJECTIONS = {"wow", "whoa", "yay", "hooray", "yes", "no", "ok", "okay", "oh", "ah", "lol", "haha", "thanks",
+                 "cheers", "ugh", "damn", "yikes", "bravo", "congrats", "congratulations", "hi", "hello", "bye"}
+DETERMINERS = {"a", "an", "another"}  # not "the": it starts clauses too often ("The sequences feel stagey.")
+# "not just silly" is more than silly, "not too bad" is not bad at all: words whose negation is no plain flip
+NOT_FLIPPED = {"just", "only", "merely", "simply", "more", "less", "too", "than", "enough"}
+PHRASE_WORDS = 8
+_PLAIN = re.compile(r"^[A-Za-z][A-Za-z ,'-]*[.!]*$")  # letters, commas, hyphens; no mention, link or emoticon
 
 _WORD = re.compile(r"[A-Za-z']+")
 _SENTENCES = re.compile(r"[.!?;]\s+\S")  # a second sentence follows: "Not lazy writing. Kids deserve better."
@@ -64,7 +80,28 @@ def negate(text: str) -> str | None:
         if match is None:
             return None
         return text[:match.end()] + " not" + text[match.end():]
+    if len(contracted) + nots == 0 and not copulas:
+        return _negate_phrase(text.strip(), words)
     return None
+
+
+def _negate_phrase(text: str, words: list[str]) -> str | None:
+    """"Not " before a verbless phrase: one that starts with a determiner ("a real snooze"), or of at most
+    four words whose first is no verb in the third person ("meandering and confusing", not "lacks depth")."""
+    if (len(words) > PHRASE_WORDS or (CLAUSE_MARKERS | NOT_FLIPPED) & set(words) or "'" in text
+            or not _PLAIN.match(text) or re.search(r"\b[A-Z]{2,}\b", text)):
+        return None  # a clause, a phrase whose negation is no plain flip, a mention or emoticon, SHOUTING
+    first = words[0]
+    if INTERJECTIONS & set(words) or first == "the" or first not in DETERMINERS and (
+            len(words) > 4 or re.search(r"(?<![ou])s$|ed$", first)):
+        return None  # "Hooray.", "The sequences feel stagey.", "Collapses under...", "Returned after..."
+    return "Not " + text[0].lower() + text[1:]
+
+
+def at_all(text: str) -> str:
+    """The negated sentence with "at all" before its end punctuation: "not funny" -> "not funny at all"."""
+    body = text.rstrip(".!?;: ")
+    return body + " at all" + text[len(body):]
 
 
 def _same_case(word: str, like: str) -> str:
@@ -93,6 +130,8 @@ def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
     negatable = [(r, t) for r in clear if (t := negate(r["text"])) is not None]
     rng.shuffle(negatable)
     for r, text in negatable[: want // 2]:
+        if len(_words(text)) > len(_words(r["text"])) and rng.random() < 1 / 3:  # a "not" was added
+            text = at_all(text)
         out.append({"text": text, "label": 1 - r["label"], "rating": -0.5 * r["rating"], "domain": r.get("domain", "")})
     by_domain: dict[str, dict[int, list[dict]]] = {}
     for r in clear:

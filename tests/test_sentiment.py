@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from nlp.__main__ import main
-from nlp.augment import augment, contrast, negate
+from nlp.augment import at_all, augment, contrast, negate
 from nlp.serve import NEUTRAL, NeutralRule
 from tests.conftest import SENTIMENT, train_tiny
 
@@ -19,6 +19,9 @@ from tests.conftest import SENTIMENT, train_tiny
     ("The soup was not good.", "The soup was good."),
     ("I don't like the ending.", "I do like the ending."),
     ("You will love it.", "You will not love it."),
+    ("Great acting.", "Not great acting."),                    # a verbless phrase gets a leading "Not"
+    ("A real snooze.", "Not a real snooze."),
+    ("Shallow, noisy and pretentious.", "Not shallow, noisy and pretentious."),
 ])
 def test_negate_flips_the_one_negation_or_copula(text, expected):
     assert negate(text) == expected
@@ -28,13 +31,24 @@ def test_negate_flips_the_one_negation_or_copula(text, expected):
     "The film is funny and the cast is great.",       # two copulas: which one carries it is unclear
     "It is never dull.",                               # another negation word
     "I can't see it, so I'm confused.",                # two clauses
-    "Great acting.",                                   # nothing to negate
+    "Lacks depth.",                                    # a verb: "Not lacks depth" is no sentence
+    "The sequences feel stagey.",                      # "the ...": a clause as often as a phrase
+    "Just plain silly.",                               # "not just silly" is no flip
+    "Hooray!",                                         # an interjection
+    "@anonymous Even better!",                         # a mention
+    "STOP TALKING",                                    # shouting
     "It was not bad, it was not good.",                # two negations
     " ".join(["word"] * 25) + " is long.",             # too long
     "This is lazy writing. Kids deserve better.",      # two sentences
 ])
 def test_negate_refuses_what_it_cannot_flip_cleanly(text):
     assert negate(text) is None
+
+
+def test_at_all_stresses_the_negation_before_the_end_punctuation():
+    assert at_all("The film is not funny.") == "The film is not funny at all."
+    assert at_all("Not great acting!!") == "Not great acting at all!!"
+    assert at_all("Not good") == "Not good at all"
 
 
 def test_contrast_joins_with_but():
@@ -55,7 +69,7 @@ def test_augment_labels_follow_the_rules_and_leave_the_input_alone():
     joined = [e for e in extra if ", but " in e["text"]]
     assert len(negated) == len(joined) == len(rows) // 2  # half negations at most, as many contrasts
     for e in negated:
-        source = by_text[e["text"].replace(" not ", " ")]
+        source = by_text[e["text"].replace(" not ", " ").replace(" at all.", ".")]
         assert e["label"] == 1 - source["label"] and e["rating"] == -0.5 * source["rating"]
     for e in joined:
         second = e["text"].split(", but ")[1]
