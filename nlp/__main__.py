@@ -330,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(e)
     e.set_defaults(fn=cmd_eval)
 
-    tc = sub.add_parser("tune-chat", help="choose a chat checkpoint's ranking weights and candidate count on "
-                        "validation data")
+    tc = sub.add_parser("tune-chat", help="choose a chat checkpoint's ranking weights, temperature and candidate "
+                        "count on validation data")
     tc.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
     tc.add_argument("--corpus", default="chitchat", help="dialogue corpus (default chitchat)")
     tc.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")

@@ -347,16 +347,7 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
         metrics["hits_at_1_chance"] = 1 / k
         baselines["tfidf_ranking"] = tfidf_ranking(dd["train"], contexts, refs, cands, truth)
     # replies under the given decoding
-    prompts = [e.src for e in examples]
-    if gen.strategy == "beam":  # one context at a time: beam search keeps its own batch of hypotheses
-        ids = [beam_search(model, p, gen)[0][0] for p in prompts]
-    elif gen.num_candidates > 1:
-        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed))]
-    else:
-        g = make_generator(seed)
-        ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(model, prompts[start:start + 64],
-                                                                               gen, g)]
-    replies = [ck.tokenizer.decode(r) for r in ids]
+    replies = chat_replies(ck, [e.src for e in examples], gen, weights, seed)
     metrics.update(M.dialogue_scores(replies, refs))
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
                           for c, r, ref in list(zip(contexts, replies, refs))[:5]]
@@ -366,14 +357,45 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
 RANK_CANDIDATES = 20
 
 
+def chat_replies(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig, weights: R.RankWeights,
+                 seed: int) -> list[str]:
+    """The reply to each encoded context under a decoding (beam search, sample-and-rank or plain sampling),
+    seeded: what eval scores and tune-chat compares."""
+    model = ck.model
+    if gen.strategy == "beam":  # one context at a time: beam search keeps its own batch of hypotheses
+        ids = [beam_search(model, p, gen)[0][0] for p in prompts]
+    elif gen.num_candidates > 1:
+        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed))]
+    else:
+        g = make_generator(seed)
+        ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(model, prompts[start:start + 64],
+                                                                               gen, g)]
+    return [ck.tokenizer.decode(r) for r in ids]
+
+
+# The temperatures tune-chat tries, and the variety a default must keep: distinct-2 (distinct word pairs over
+# all word pairs of the replies) at or above issue 11's bar, so a lower temperature cannot buy word overlap
+# with the same few safe replies.
+TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0)
+MIN_DISTINCT_2 = 0.3
+# Candidate counts a default may use: a reply must take at most 0.6 s on the development CPU (issue 11), and
+# 8 candidates already take 0.8 s there (bench/chat_reply.py); more stay a choice in the app's sidebar.
+CANDIDATE_COUNTS = (1, 4)
+
+
 @torch.no_grad()
 def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_examples: int = 1000, seed: int = 0,
-              candidate_counts: tuple[int, ...] = (1, 4, 8, 16), f1_examples: int = 500) -> dict:
+              candidate_counts: tuple[int, ...] = CANDIDATE_COUNTS, f1_examples: int = 500,
+              temperatures: tuple[float, ...] = TEMPERATURES, draws: int = 3) -> dict:
     """Choose the chat model's default decoding on validation data:
     1. the ranking weights by Hits@1 of 20 (a grid over the likelihood weight and the MI lambda, the head's
        weight fixed at 1 when the model has one);
-    2. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights.
-    Returns {"decoding": the chosen entry, "grid": every Hits@1, "f1": F1 per candidate count}."""
+    2. the sampling temperature by the F1 of plain samples, averaged over `draws` seeded draws of every row,
+       among the temperatures whose replies keep distinct-2 >= MIN_DISTINCT_2 (all rows, as eval counts it);
+    3. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights
+       at that temperature.
+    Returns {"decoding": the chosen entry, "grid": every Hits@1, "temperature": F1 and distinct-2 per
+    temperature, "f1": F1 per candidate count}."""
     dd = load_corpus(corpus)
     refuse_test(split)
     ds, examples, _ = chat_rows(ck, dd, split, max_examples, seed)
@@ -393,20 +415,27 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
             grid.append({**w.as_dict(), "hits_at_1": hits})
     best = max(grid, key=lambda g: g["hits_at_1"])  # the first of equals: the simpler score
     weights = R.RankWeights.from_dict(best)
-    base = default_decoding(ck)
-    sub = examples[:f1_examples]
-    refs = list(ds["response"])[: len(sub)]
+    base = {**default_decoding(ck).__dict__, "strategy": "sample"}
+    prompts, refs = [e.src for e in examples], list(ds["response"])
+    temps = {}
+    for t in temperatures:
+        gen = GenerationConfig.from_dict({**base, "temperature": t, "num_candidates": 1})
+        scores = [M.dialogue_scores(chat_replies(ck, prompts, gen, weights, seed + d), refs) for d in range(draws)]
+        temps[t] = {key: sum(s[key] for s in scores) / draws for key in ("f1", "distinct_2")}
+    varied = [t for t in temperatures if temps[t]["distinct_2"] >= MIN_DISTINCT_2]
+    t_best = (max(varied, key=lambda t: (round(temps[t]["f1"], 4), t)) if varied  # equal F1: the more varied
+              else max(temperatures, key=lambda t: temps[t]["distinct_2"]))
+    sub = prompts[:f1_examples]
     f1 = {}
     for n in candidate_counts:
-        gen = GenerationConfig.from_dict({**base.__dict__, "strategy": "sample", "num_candidates": n})
-        best_ids = [c[0]["ids"] for c in R.sample_and_rank(model, [e.src for e in sub], gen, weights,
-                                                            make_generator(seed))]
-        f1[n] = M.dialogue_scores([ck.tokenizer.decode(r) for r in best_ids], refs)["f1"]
+        gen = GenerationConfig.from_dict({**base, "temperature": t_best, "num_candidates": n})
+        f1[n] = M.dialogue_scores(chat_replies(ck, sub, gen, weights, seed), refs[: len(sub)])["f1"]
     n_best = max(candidate_counts, key=lambda n: (round(f1[n], 4), -n))  # equal F1: fewer candidates
-    return {"decoding": {"num_candidates": n_best, "ranking": weights.as_dict()},
+    return {"decoding": {"temperature": t_best, "num_candidates": n_best, "ranking": weights.as_dict()},
             "tuned_on": {"corpus": corpus, "split": split, "rows": len(examples), "f1_rows": len(sub),
-                         "seed": seed},
-            "grid": grid, "f1": {str(n): v for n, v in f1.items()}}
+                         "temperature_draws": draws, "seed": seed},
+            "grid": grid, "temperature": {str(t): v for t, v in temps.items()},
+            "f1": {str(n): v for n, v in f1.items()}}
 
 
 def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int = 0,

@@ -12,7 +12,7 @@ from nlp.checkpoint import load_checkpoint
 from nlp.config import resolve_config
 from nlp.data import ChatExample, collate_chat
 from nlp.decoding import GenerationConfig, make_generator
-from nlp.evaluate import derangement, evaluate, ranking_candidates, tune_chat
+from nlp.evaluate import MIN_DISTINCT_2, TEMPERATURES, derangement, evaluate, ranking_candidates, tune_chat
 from nlp.models import Seq2Seq, Seq2SeqConfig, make_rnn, run_bidirectional_unpacked, run_rnn
 from nlp.serve import chat_reply, default_decoding
 from nlp.train import Trainer
@@ -208,8 +208,17 @@ def test_tune_chat_chooses_on_validation_and_the_choice_becomes_the_default(trai
     grid_best = max(g["hits_at_1"] for g in result["grid"])
     assert result["decoding"]["ranking"] in [{k: g[k] for k in ("head", "likelihood", "mi")}
                                              for g in result["grid"] if g["hits_at_1"] == grid_best]
+    # the temperature: the best mean F1 among those whose replies keep distinct-2 at the bar
+    temps = {float(t): v for t, v in result["temperature"].items()}
+    assert sorted(temps) == sorted(TEMPERATURES)
+    varied = {t: v for t, v in temps.items() if v["distinct_2"] >= MIN_DISTINCT_2}
+    if varied:
+        assert result["decoding"]["temperature"] in varied
+        assert round(varied[result["decoding"]["temperature"]]["f1"], 4) == max(round(v["f1"], 4)
+                                                                               for v in varied.values())
     tuned = load_checkpoint(folder)  # the weights still load: config.json keeps their hashes
     assert tuned.config["decoding"]["num_candidates"] == result["decoding"]["num_candidates"]
     assert default_decoding(tuned).num_candidates == result["decoding"]["num_candidates"]
+    assert default_decoding(tuned).temperature == result["decoding"]["temperature"]
     out = evaluate(tuned, str(CHAT), "test", max_examples=10)
     assert out["decoding"]["num_candidates"] == result["decoding"]["num_candidates"]
