@@ -16,6 +16,7 @@ import pytest
 
 from nlp.__main__ import main
 from nlp.checkpoint import load_checkpoint, read_train_log
+from nlp.serve import default_decoding
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints"
@@ -89,8 +90,6 @@ def test_sentiment_and_chat_clear_their_bars():
     assert m["f1"] > b["tfidf_retrieval"]["f1"] and m["f1"] > b["most_frequent_reply"]["f1"]
     assert m["distinct_2"] >= 0.2 and m["empty_replies"] == 0 and m["max_trigram_repeats"] <= 2
     # recorded under the decoding the app uses (the checkpoint's tuned default)
-    from nlp.serve import default_decoding
-
     default = json.loads(json.dumps(default_decoding(load_checkpoint(SHIPPED / "chat")).__dict__))  # as recorded
     assert {k: v for k, v in chat["decoding"].items() if k != "seed"} == default
 
