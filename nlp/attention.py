@@ -53,6 +53,10 @@ class Attention(nn.Module):
         if self.kind == "dot":
             return q @ memory.transpose(1, 2)
         if self.kind == "general":
+            # qᵀ (W m) = (qᵀ W) m: project whichever side is shorter. A decoding step has one query against S
+            # memory rows; projecting the memory there would redo (B, S, Dm) x (Dm, Dq) at every token.
+            if q.shape[1] < memory.shape[1]:
+                return (q @ self.W.weight) @ memory.transpose(1, 2)
             return q @ self.W(memory).transpose(1, 2)
         T, S = q.shape[1], memory.shape[1]
         if self.kind == "concat":

@@ -443,31 +443,49 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], prompt_ids: list[in
 def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
                  generator: torch.Generator | None = None) -> list[list[int]]:
     """Greedy or sampled replies of the chat model to many contexts at once (for evaluation)."""
-    if model.task != "chat" or cfg.strategy == "beam":
-        raise GenerationError("sample_batch serves the chat model with greedy or sampling decoding")
     from nlp.data import pad
 
+    if model.task != "chat" or cfg.strategy == "beam":
+        raise GenerationError("sample_batch serves the chat model with greedy or sampling decoding")
     model.eval()
-    device = next(model.parameters()).device
     src, src_len = pad(prompts)
-    state = model.start(src.to(device), src_len)
-    B = len(prompts)
+    return sample_from_state(model, model.start(src.to(next(model.parameters()).device), src_len), cfg,
+                             generator)[0]
+
+
+@torch.no_grad()
+def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torch.Generator | None = None) \
+        -> tuple[list[list[int]], Tensor]:
+    """One reply per row of an encoded chat state (B rows; sample-and-rank repeats a context's row for its
+    candidates), and each reply's mean log-probability per token, EOS included, under the model itself (before
+    temperature, filters and bans): the likelihood that ranking needs, read off the steps that drew the reply
+    instead of recomputed by a second, teacher-forced pass. A reply cut at max_new_tokens takes one more step
+    for its EOS, as scoring reply + EOS would."""
+    device = state["memory"].device
+    B = state["memory"].shape[0]
     log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
     out: list[list[int]] = [[] for _ in range(B)]
+    total = torch.zeros(B, device=device)  # summed log p of each row's tokens so far
     active = list(range(B))  # rows still writing; finished rows leave the batch, so each step is cheaper
     adjuster = ScoreAdjuster(cfg, out, log_probs.shape[1], device)
-    for step in range(cfg.max_new_tokens):
+    for step in range(cfg.max_new_tokens + 1):
+        if step == cfg.max_new_tokens:  # the rows still open were cut: score their EOS
+            total[active] += log_probs[:, EOS]
+            break
         toks = choose(adjuster(log_probs), cfg, generator)
+        rows = torch.tensor(active, device=device)
+        total.index_add_(0, rows, log_probs.gather(1, torch.tensor(toks, device=device).unsqueeze(1)).squeeze(1))
         keep = []
         for pos, (i, t) in enumerate(zip(active, toks)):
             if t != EOS:
                 out[i].append(t)
                 keep.append(pos)
-        if not keep or step == cfg.max_new_tokens - 1:
+        if not keep:
             break
         if len(keep) < len(active):
             idx = torch.tensor(keep, device=device)
             state, active, toks = _reorder(state, idx), [active[p] for p in keep], [toks[p] for p in keep]
         adjuster.advance(keep, toks)
         log_probs, state = model.step(torch.tensor(toks, device=device), state)
-    return out
+    lengths = torch.tensor([len(r) + 1 for r in out], device=device, dtype=total.dtype)
+    return out, (total / lengths).cpu()

@@ -379,8 +379,8 @@ def chat_replies(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0)
 MIN_DISTINCT_2 = 0.3
 # Candidate counts a default may use: a reply must take at most 0.6 s on the development CPU (issue 11);
-# there 8 candidates take 0.55 s and 16 take 0.79 s (bench/chat_reply.py). More stay a choice in the sidebar.
-CANDIDATE_COUNTS = (1, 4, 8)
+# there 16 candidates take 0.48 s and 24 take 0.63 s (bench/chat_reply.py). More stay a choice in the sidebar.
+CANDIDATE_COUNTS = (1, 4, 8, 16)
 
 
 @torch.no_grad()
@@ -393,9 +393,11 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     2. the sampling temperature by the F1 of plain samples, averaged over `draws` seeded draws of every row,
        among the temperatures whose replies keep distinct-2 >= MIN_DISTINCT_2 (all rows, as eval counts it);
     3. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights
-       at that temperature.
+       at that temperature, averaged over `draws` seeded draws of the first `f1_examples` rows (a
+       candidate count's gain is a few thousandths of F1, about what one draw's noise is), among the counts
+       that keep distinct-2 >= MIN_DISTINCT_2.
     Returns {"decoding": the chosen entry, "grid": every Hits@1, "temperature": F1 and distinct-2 per
-    temperature, "f1": F1 per candidate count}."""
+    temperature, "f1": F1 and distinct-2 per candidate count}."""
     dd = load_corpus(corpus)
     refuse_test(split)
     ds, examples, _ = chat_rows(ck, dd, split, max_examples, seed)
@@ -417,20 +419,21 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     weights = R.RankWeights.from_dict(best)
     base = {**default_decoding(ck).__dict__, "strategy": "sample"}
     prompts, refs = [e.src for e in examples], list(ds["response"])
-    temps = {}
-    for t in temperatures:
-        gen = GenerationConfig.from_dict({**base, "temperature": t, "num_candidates": 1})
-        scores = [M.dialogue_scores(chat_replies(ck, prompts, gen, weights, seed + d), refs) for d in range(draws)]
-        temps[t] = {key: sum(s[key] for s in scores) / draws for key in ("f1", "distinct_2")}
+
+    def mean_scores(rows: list[list[int]], temperature: float, candidates: int) -> dict:
+        gen = GenerationConfig.from_dict({**base, "temperature": temperature, "num_candidates": candidates})
+        scores = [M.dialogue_scores(chat_replies(ck, rows, gen, weights, seed + d), refs[: len(rows)])
+                  for d in range(draws)]
+        return {key: sum(s[key] for s in scores) / draws for key in ("f1", "distinct_2")}
+
+    temps = {t: mean_scores(prompts, t, 1) for t in temperatures}
     varied = [t for t in temperatures if temps[t]["distinct_2"] >= MIN_DISTINCT_2]
     t_best = (max(varied, key=lambda t: (round(temps[t]["f1"], 4), t)) if varied  # equal F1: the more varied
               else max(temperatures, key=lambda t: temps[t]["distinct_2"]))
     sub = prompts[:f1_examples]
-    f1 = {}
-    for n in candidate_counts:
-        gen = GenerationConfig.from_dict({**base, "temperature": t_best, "num_candidates": n})
-        f1[n] = M.dialogue_scores(chat_replies(ck, sub, gen, weights, seed), refs[: len(sub)])["f1"]
-    n_best = max(candidate_counts, key=lambda n: (round(f1[n], 4), -n))  # equal F1: fewer candidates
+    f1 = {n: mean_scores(sub, t_best, n) for n in candidate_counts}
+    varied = [n for n in candidate_counts if f1[n]["distinct_2"] >= MIN_DISTINCT_2] or list(candidate_counts)
+    n_best = max(varied, key=lambda n: (round(f1[n]["f1"], 4), -n))  # equal F1: fewer candidates
     return {"decoding": {"temperature": t_best, "num_candidates": n_best, "ranking": weights.as_dict()},
             "tuned_on": {"corpus": corpus, "split": split, "rows": len(examples), "f1_rows": len(sub),
                          "temperature_draws": draws, "seed": seed},

@@ -79,13 +79,21 @@ def components(model, contexts: list[list[int]], candidates: list[list[list[int]
         logp = torch.log_softmax(model.decode(expanded, tgt_in)[0].float(), -1)
         tok = logp.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1).masked_fill(tgt_out == PAD, 0.0)
         logliks.append(tok.sum(1) / (tgt_out != PAD).sum(1))
-        if getattr(model.config, "rank_dim", 0):
-            reply, reply_len = pad([r or [EOS] for r in cands])
-            ctx_vec = model.context_vectors(state["pooled"]).index_select(0, owner)
-            rep_vec = model.reply_vectors(reply.to(dev), reply_len)
-            heads.append(model.head_scale() * (ctx_vec * rep_vec).sum(-1))
+        if has_head(model):
+            heads.append(head_scores(model, expanded["pooled"], cands))
         start = end
     return Components(torch.cat(logliks).cpu(), torch.cat(heads).cpu() if heads else None)
+
+
+def has_head(model) -> bool:
+    return bool(getattr(model.config, "rank_dim", 0))
+
+
+def head_scores(model, pooled: Tensor, replies: list[list[int]]) -> Tensor:
+    """The next-reply head's score of each reply against its own context's pooled encoding (one row each)."""
+    reply, reply_len = pad([r or [EOS] for r in replies])
+    rep_vec = model.reply_vectors(reply.to(pooled.device), reply_len)
+    return model.head_scale() * (model.context_vectors(pooled) * rep_vec).sum(-1)
 
 
 @torch.no_grad()
@@ -117,30 +125,44 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
         -> list[list[dict]]:
     """Sample-and-rank (Adiwardana et al. 2020): cfg.num_candidates replies sampled for each prompt in one
     batch, scored by `combine`; returns, per prompt, its distinct candidates best first, each
-    {"ids", "score", "loglik", "head", "prior"}."""
-    from nlp.decoding import sample_batch
+    {"ids", "score", "loglik", "head", "prior"}.
 
+    Each context is encoded once and its state repeated for its candidates; their likelihood comes from the
+    sampling steps themselves (`sample_from_state`), so only the prior (an empty context) and the head need
+    passes of their own."""
+    from nlp.decoding import sample_from_state
+
+    model.eval()
+    dev = _device(model)
     n = max(1, cfg.num_candidates)
     per_batch = max(1, 256 // n)
     out: list[list[dict]] = []
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
-        sampled = sample_batch(model, [p for p in chunk for _ in range(n)], cfg, generator)
-        groups = []
+        src, src_len = pad(chunk)
+        state = model.encode(src.to(dev), src_len)
+        owner = torch.arange(len(chunk), device=dev).repeat_interleave(n)
+        sampled, loglik = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg,
+                                            generator)
+        groups: list[list[int]] = []  # per prompt, the row of each distinct candidate
         for i in range(len(chunk)):
-            seen: dict[tuple, list[int]] = {}
-            for r in sampled[i * n:(i + 1) * n]:
-                seen.setdefault(tuple(r), r)
+            seen: dict[tuple, int] = {}
+            for row in range(i * n, (i + 1) * n):
+                seen.setdefault(tuple(sampled[row]), row)
             groups.append(list(seen.values()))
-        comp = components(model, chunk, groups)
-        flat = [r for g in groups for r in g]
+        rows = [row for g in groups for row in g]
+        flat = [sampled[row] for row in rows]
+        head = None
+        if has_head(model):
+            head = head_scores(model, state["pooled"].index_select(0, owner[rows]), flat).cpu()
+        comp = Components(loglik[rows], head)
         prior = prior_loglik(model, flat) if needs_prior(weights) else None
         scores = combine(comp, weights, prior)
         k = 0
         for g in groups:
             cands = []
-            for r in g:
-                cands.append({"ids": r, "score": float(scores[k]), "loglik": float(comp.loglik[k]),
+            for _ in g:
+                cands.append({"ids": flat[k], "score": float(scores[k]), "loglik": float(comp.loglik[k]),
                               "head": None if comp.head is None else float(comp.head[k]),
                               "prior": None if prior is None else float(prior[k])})
                 k += 1

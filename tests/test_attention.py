@@ -33,6 +33,15 @@ def test_one_step_query_matches_the_batched_form(kind):
     torch.testing.assert_close(w_1, w_all[:, 1])
 
 
+@pytest.mark.parametrize("T, S", [(1, 7), (3, 5), (6, 2)])
+def test_general_scores_are_q_W_m_whichever_side_is_projected(T, S):
+    torch.manual_seed(2)
+    attn = Attention("general", 4, 6)
+    q, memory = torch.randn(2, T, 4), torch.randn(2, S, 6)
+    expected = torch.einsum("btq,qm,bsm->bts", q, attn.W.weight, memory)
+    torch.testing.assert_close(attn.scores(q, memory), expected)
+
+
 def test_fully_masked_row_is_zero_not_nan():
     w = masked_softmax(torch.randn(2, 3), torch.tensor([[True, False, False], [False, False, False]]))
     assert torch.equal(w[1], torch.zeros(3)) and w[0, 0] == 1

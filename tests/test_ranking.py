@@ -10,9 +10,17 @@ import torch
 from nlp import ranking as R
 from nlp.checkpoint import load_checkpoint
 from nlp.config import resolve_config
-from nlp.data import ChatExample, collate_chat
-from nlp.decoding import GenerationConfig, make_generator
-from nlp.evaluate import MIN_DISTINCT_2, TEMPERATURES, derangement, evaluate, ranking_candidates, tune_chat
+from nlp.data import ChatExample, collate_chat, pad
+from nlp.decoding import GenerationConfig, make_generator, sample_from_state
+from nlp.evaluate import (
+    CANDIDATE_COUNTS,
+    MIN_DISTINCT_2,
+    TEMPERATURES,
+    derangement,
+    evaluate,
+    ranking_candidates,
+    tune_chat,
+)
 from nlp.models import Seq2Seq, Seq2SeqConfig, make_rnn, run_bidirectional_unpacked, run_rnn
 from nlp.serve import chat_reply, default_decoding
 from nlp.train import Trainer
@@ -180,6 +188,24 @@ def test_sample_and_rank_returns_distinct_candidates_best_first(trained):
     assert [c["ids"] for c in again[0]] == [c["ids"] for c in ranked[0]]
 
 
+@pytest.mark.parametrize("max_new_tokens", [3, 30])
+def test_sampling_reads_off_the_likelihood_that_teacher_forcing_computes(trained, max_new_tokens):
+    """sample-and-rank takes each candidate's likelihood from the steps that drew it: the same number as scoring
+    the reply + EOS by teacher forcing, for replies that ended and for replies cut at max_new_tokens, whatever
+    the temperature and penalties that shaped the draw."""
+    ck = load_checkpoint(trained["chat"])
+    prompts = [ck.tokenizer.encode_turns([t], 96) for t in ("hi, how are you?", "what do you do for work?")]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.3, repetition_penalty=1.3)
+    src, src_len = pad(prompts)
+    state = ck.model.encode(src, src_len)
+    owner = torch.tensor([0] * 6 + [1] * 6)
+    replies, loglik = sample_from_state(ck.model, {k: v[owner] for k, v in state.items()}, cfg, make_generator(3))
+    cut = [len(r) == max_new_tokens for r in replies]
+    assert len(replies) == 12 and (any(cut) if max_new_tokens == 3 else not all(cut))
+    expected = R.components(ck.model, prompts, [replies[:6], replies[6:]]).loglik
+    torch.testing.assert_close(loglik, expected, atol=1e-4, rtol=0)
+
+
 def test_chat_reply_with_candidates_lists_them_and_maps_attention(trained):
     ck = load_checkpoint(trained["chat"])
     reply = chat_reply(ck, ["hello", "hi, how are you?"], GenerationConfig(num_candidates=6, max_new_tokens=8),
@@ -215,6 +241,12 @@ def test_tune_chat_chooses_on_validation_and_the_choice_becomes_the_default(trai
     if varied:
         assert result["decoding"]["temperature"] in varied
         assert round(varied[result["decoding"]["temperature"]]["f1"], 4) == max(round(v["f1"], 4)
+                                                                               for v in varied.values())
+    # the candidate count: the same rule over the counts a reply can afford
+    counts = {int(n): v for n, v in result["f1"].items()}
+    assert sorted(counts) == sorted(CANDIDATE_COUNTS)
+    varied = {n: v for n, v in counts.items() if v["distinct_2"] >= MIN_DISTINCT_2} or counts
+    assert round(varied[result["decoding"]["num_candidates"]]["f1"], 4) == max(round(v["f1"], 4)
                                                                                for v in varied.values())
     tuned = load_checkpoint(folder)  # the weights still load: config.json keeps their hashes
     assert tuned.config["decoding"]["num_candidates"] == result["decoding"]["num_candidates"]
