@@ -184,6 +184,9 @@ def restore(folder: Path, info: dict, tensors: dict[str, torch.Tensor], model: n
     kinds = info.get("carry") or []
     if rank >= len(kinds) or kinds[rank] is None:
         return None
-    flat = [tensors[k].to(device) for k in sorted((k for k in tensors if k.startswith(f"carry.{rank}.")),
-                                                  key=lambda k: int(k.rsplit(".", 1)[1]))]
+    # in the weights' dtype: a run under bf16 autocast carries a bf16 state, which a float32 resume (--no-amp, or
+    # a CPU without bf16) cannot feed to the fused LSTM; autocast casts it back down where it is on
+    dtype = next(model.parameters()).dtype
+    flat = [tensors[k].to(device, dtype) for k in sorted((k for k in tensors if k.startswith(f"carry.{rank}.")),
+                                                         key=lambda k: int(k.rsplit(".", 1)[1]))]
     return unflatten_carry(flat, kinds[rank])

@@ -180,3 +180,22 @@ def test_torchrun_sigterm_to_one_rank_stops_both_cleanly_at_the_same_step(tmp_pa
     assert info["step"] == stop["step"]
     assert {"carry.0.0", "carry.0.1", "carry.1.0", "carry.1.1", "rank1.rng.torch"} <= set(tensors)
     assert not torch.equal(tensors["carry.0.0"], tensors["carry.1.0"])  # each rank read its own stretch of text
+
+
+def test_a_bf16_carry_resumes_in_the_weights_dtype(tmp_path):
+    """A run under bf16 autocast saves a bf16 recurrent state; resumed in float32 (--no-amp, or on a CPU without
+    bf16) the fused LSTM must get it in float32, or oneDNN refuses the call."""
+    from nlp import train_state
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(4, 3, batch_first=True)
+    opt = torch.optim.AdamW(rnn.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, carry = rnn(torch.randn(2, 5, 4))
+    assert carry[0].dtype == torch.bfloat16
+    train_state.save(tmp_path, rnn, opt, None, carries=[carry])
+    info, tensors = train_state.read(tmp_path)
+    restored = train_state.restore(tmp_path, info, tensors, rnn, opt, None)
+    assert all(t.dtype == torch.float32 for t in restored)
+    torch.testing.assert_close(restored[0], carry[0].float())
+    rnn(torch.randn(2, 5, 4), restored)  # runs in float32
