@@ -53,6 +53,10 @@ class TrainConfig:
                                                               "model.rank_dim > 0)"})
     empty_context_rate: float = field(default=0.0, metadata={
         "help": "chat: fraction of training contexts replaced by an empty one, so the model also learns p(reply)"})
+    context_contrast: float = field(default=0.0, metadata={
+        "help": "chat: weight of a hinge loss asking each reply to be likelier under its own context than under "
+                "another row's by context_margin nats a token (0 = off; costs a second decoder pass)"})
+    context_margin: float = field(default=0.5, metadata={"help": "chat: the margin of context_contrast"})
     rating_weight: float = field(default=0.5, metadata={"help": "sentiment: weight of the rating (MSE) loss"})
     negation_augment: float = field(default=0.0, metadata={
         "help": "sentiment: add this fraction of negated and 'A, but B' copies of the training sentences "

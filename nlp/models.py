@@ -146,6 +146,12 @@ def token_nll(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> 
     return loss, (targets != PAD).sum()
 
 
+def row_mean_logprob(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B, T, V) logits, (B, T) targets -> each row's mean log-probability of its targets that are not PAD."""
+    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=PAD, reduction="none")
+    return -nll.sum(1) / (targets != PAD).sum(1).clamp(min=1)
+
+
 def state_to_batch_first(state) -> dict[str, Tensor]:
     if isinstance(state, tuple):
         return {"h": state[0].transpose(0, 1), "c": state[1].transpose(0, 1)}
@@ -391,12 +397,18 @@ class Seq2Seq(nn.Module, _FromConfig):
         return torch.tanh(self.combine(torch.cat([dec_out, context], -1))), weights
 
     def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, reply: Tensor | None = None,
-                reply_len: Tensor | None = None):
+                reply_len: Tensor | None = None, swap_contexts: bool = False):
         """Teacher forcing: tgt_in (B, T) starts with BOS. Returns logits (B, T, V) and attention (B, T, S);
         given the replies (B, T') too (training the next-reply head), also the (B, B) scores of every context
-        against every reply of the batch."""
+        against every reply of the batch. With swap_contexts, logits and attention have 2B rows: after the B
+        rows under their own contexts, each reply again under the previous row's context (row i under context
+        i - 1, encoded once), for the context gain and the context-contrast loss."""
         state = self.encode(src, src_len)
-        logits, weights = self.decode(state, tgt_in)
+        if swap_contexts:
+            state_in = {k: torch.cat([v, v.roll(1, 0)]) for k, v in state.items()}
+            logits, weights = self.decode(state_in, torch.cat([tgt_in, tgt_in]))
+        else:
+            logits, weights = self.decode(state, tgt_in)
         if reply is None:
             return logits, weights
         return logits, weights, self.rank_logits(self.context_vectors(state["pooled"]),

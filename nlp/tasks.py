@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from nlp import data as D
 from nlp.errors import CorpusError
-from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, token_nll
+from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, row_mean_logprob, token_nll
 from nlp.tokenizer import PAD, SEP, Tokenizer
 
 
@@ -168,8 +168,11 @@ class ChatTask(Task):
         batch picks its own reply among the batch's replies (the others are the distractors; TransferTransfo,
         Wolf et al. 2019). In training, `empty_context_rate` of the contexts are replaced by an empty one (a lone
         <sep>), so the same model also learns p(reply) alone, the denominator of the mutual-information score.
-        The validation loss is the reply NLL alone; validation also sums the ranking accuracy and the context
-        gain (the NLL with each context swapped for another row's, minus the NLL with its own)."""
+        With `context_contrast` > 0, a hinge term asks each reply to be likelier (mean log-probability per token)
+        under its own context than under another row's by `context_margin` nats: the generator itself, not only
+        the head, learns to prefer the reply that fits. The validation loss is the reply NLL alone; validation
+        also sums the ranking accuracy and the context gain (the NLL with each context swapped for another
+        row's, minus the NLL with its own)."""
         cfg, b = self.cfg, self.to_device(batch)
         src, src_len = b["src"], b["src_len"]
         B = src.shape[0]
@@ -180,9 +183,21 @@ class ChatTask(Task):
             src[~real, 0] = SEP
             src_len = torch.where(real, src_len, torch.ones_like(src_len))
         ranked = self.model.config.rank_dim > 0 and B > 1
-        out = net(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()))
-        loss, n = token_nll(out[0], b["tgt_out"], cfg.label_smoothing if train else 0.0)
+        swapped = B > 1 and (not train or cfg.context_contrast > 0)  # each reply also under another's context
+        out = net(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()), swap_contexts=swapped)
+        logits = out[0][:B]
+        loss, n = token_nll(logits, b["tgt_out"], cfg.label_smoothing if train else 0.0)
         extra = {}
+        if swapped and train:
+            # the reply must be likelier, per token, under its own context than under the previous row's by a
+            # margin (left out: rows where either context was emptied for the prior, or both are the same text)
+            both = real & real.roll(1, 0) & (src != src.roll(1, 0)).any(1)
+            gap = row_mean_logprob(logits, b["tgt_out"]) - row_mean_logprob(out[0][B:], b["tgt_out"])
+            hinge = F.relu(cfg.context_margin - gap)[both].sum() / both.sum().clamp(min=1)
+            loss = loss + cfg.context_contrast * hinge * n
+        elif swapped:
+            other = token_nll(out[0][B:], b["tgt_out"])[0]
+            extra.update(gain=float((other - loss).detach()), gain_tokens=float(n))
         if ranked:
             scores = out[2]
             same = (b["reply"].unsqueeze(1) == b["reply"].unsqueeze(0)).all(-1)  # a repeated reply is no distractor
@@ -191,11 +206,8 @@ class ChatTask(Task):
             rank = F.cross_entropy(scores[real], target[real], reduction="sum")
             if train:
                 loss = loss + cfg.rank_weight * rank / real.sum().clamp(min=1) * n
-            extra = {"rank_correct": float((scores[real].argmax(-1) == target[real]).sum()),
-                     "rank_rows": float(real.sum()), "rank_loss": float(rank.detach())}
-        if not train and B > 1:
-            other = token_nll(net(src.roll(1, 0), src_len.roll(1, 0), b["tgt_in"])[0], b["tgt_out"])[0]
-            extra.update(gain=float((other - loss).detach()), gain_tokens=float(n))
+            extra.update(rank_correct=float((scores[real].argmax(-1) == target[real]).sum()),
+                         rank_rows=float(real.sum()), rank_loss=float(rank.detach()))
         return loss, n, None, extra
 
     def summary(self, sums):
