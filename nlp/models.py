@@ -64,7 +64,7 @@ def init_rnn(rnn: nn.Module) -> None:
                 p.data[H:2 * H] = 1.0  # gates are (i, f, g, o): the second block is the forget gate
 
 
-_FUSED_CPU_INFERENCE = threading.Lock()
+_FUSED_CPU_INFERENCE = threading.RLock()  # re-entrant: sample-and-rank holds it around its own fused calls
 
 
 @contextmanager
@@ -75,7 +75,8 @@ def fused_turn(x: Tensor):
     (8 MB a layer for the shipped LM) and frees the copy after. In the app every session runs in a thread of
     one process: 8 sessions pressing Generate at once held 8 copies, +70 MB of peak memory for nothing, since
     each call already spreads over every core with torch's intra-op threads. Training (gradients on) and
-    other devices never wait.
+    other devices never wait. Sample-and-rank takes one turn for a whole reply: its 16 candidates' logits
+    (about 35 MB while they are scored) would otherwise be held by every session at once.
     """
     if torch.is_grad_enabled() or x.device.type != "cpu":
         yield

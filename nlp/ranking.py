@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from nlp.data import pad
+from nlp.models import fused_turn
 from nlp.tokenizer import BOS, EOS, PAD, SEP
 
 EMPTY_CONTEXT = [SEP]  # what the model sees as "no context" (see TrainConfig.empty_context_rate)
@@ -129,9 +130,7 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
 
     Each context is encoded once and its state repeated for its candidates; their likelihood comes from the
     sampling steps themselves (`sample_from_state`), so only the prior (an empty context) and the head need
-    passes of their own."""
-    from nlp.decoding import sample_from_state
-
+    passes of their own. On the CPU one batch of prompts is ranked at a time per process (`fused_turn`)."""
     model.eval()
     dev = _device(model)
     n = max(1, cfg.num_candidates)
@@ -140,31 +139,42 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
         src, src_len = pad(chunk)
-        state = model.encode(src.to(dev), src_len)
-        owner = torch.arange(len(chunk), device=dev).repeat_interleave(n)
-        sampled, loglik = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg,
-                                            generator)
-        groups: list[list[int]] = []  # per prompt, the row of each distinct candidate
-        for i in range(len(chunk)):
-            seen: dict[tuple, int] = {}
-            for row in range(i * n, (i + 1) * n):
-                seen.setdefault(tuple(sampled[row]), row)
-            groups.append(list(seen.values()))
-        rows = [row for g in groups for row in g]
-        flat = [sampled[row] for row in rows]
-        head = None
-        if has_head(model):
-            head = head_scores(model, state["pooled"].index_select(0, owner[rows]), flat).cpu()
-        comp = Components(loglik[rows], head)
-        prior = prior_loglik(model, flat) if needs_prior(weights) else None
-        scores = combine(comp, weights, prior)
-        k = 0
-        for g in groups:
-            cands = []
-            for _ in g:
-                cands.append({"ids": flat[k], "score": float(scores[k]), "loglik": float(comp.loglik[k]),
-                              "head": None if comp.head is None else float(comp.head[k]),
-                              "prior": None if prior is None else float(prior[k])})
-                k += 1
-            out.append(sorted(cands, key=lambda c: -c["score"]))
+        src = src.to(dev)
+        with fused_turn(src):
+            out += _rank_batch(model, src, src_len, n, cfg, weights, generator)
+    return out
+
+
+def _rank_batch(model, src: Tensor, src_len: Tensor, n: int, cfg, weights: RankWeights, generator) \
+        -> list[list[dict]]:
+    from nlp.decoding import sample_from_state
+
+    B = src.shape[0]
+    state = model.encode(src, src_len)
+    owner = torch.arange(B, device=src.device).repeat_interleave(n)
+    sampled, loglik = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg,
+                                        generator)
+    groups: list[list[int]] = []  # per prompt, the row of each distinct candidate
+    for i in range(B):
+        seen: dict[tuple, int] = {}
+        for row in range(i * n, (i + 1) * n):
+            seen.setdefault(tuple(sampled[row]), row)
+        groups.append(list(seen.values()))
+    rows = [row for g in groups for row in g]
+    flat = [sampled[row] for row in rows]
+    head = None
+    if has_head(model):
+        head = head_scores(model, state["pooled"].index_select(0, owner[rows]), flat).cpu()
+    comp = Components(loglik[rows], head)
+    prior = prior_loglik(model, flat) if needs_prior(weights) else None
+    scores = combine(comp, weights, prior)
+    out, k = [], 0
+    for g in groups:
+        cands = []
+        for _ in g:
+            cands.append({"ids": flat[k], "score": float(scores[k]), "loglik": float(comp.loglik[k]),
+                          "head": None if comp.head is None else float(comp.head[k]),
+                          "prior": None if prior is None else float(prior[k])})
+            k += 1
+        out.append(sorted(cands, key=lambda c: -c["score"]))
     return out
