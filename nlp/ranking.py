@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from nlp.data import pad
-from nlp.models import fused_turn
-from nlp.tokenizer import BOS, EOS, PAD, SEP
+from nlp.models import fused_turn, row_mean_logprob
+from nlp.tokenizer import BOS, EOS, SEP
 
 EMPTY_CONTEXT = [SEP]  # what the model sees as "no context" (see TrainConfig.empty_context_rate)
 
@@ -77,9 +77,7 @@ def components(model, contexts: list[list[int]], candidates: list[list[list[int]
         tgt_in, _ = pad([[BOS] + r for r in cands])
         tgt_out, _ = pad([r + [EOS] for r in cands])
         tgt_in, tgt_out = tgt_in.to(dev), tgt_out.to(dev)
-        logp = torch.log_softmax(model.decode(expanded, tgt_in)[0].float(), -1)
-        tok = logp.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1).masked_fill(tgt_out == PAD, 0.0)
-        logliks.append(tok.sum(1) / (tgt_out != PAD).sum(1))
+        logliks.append(row_mean_logprob(model.decode(expanded, tgt_in)[0], tgt_out))
         if has_head(model):
             heads.append(head_scores(model, expanded["pooled"], cands))
         start = end
@@ -168,13 +166,11 @@ def _rank_batch(model, src: Tensor, src_len: Tensor, n: int, cfg, weights: RankW
     comp = Components(loglik[rows], head)
     prior = prior_loglik(model, flat) if needs_prior(weights) else None
     scores = combine(comp, weights, prior)
+    cands = [{"ids": ids, "score": float(scores[k]), "loglik": float(comp.loglik[k]),
+              "head": None if comp.head is None else float(comp.head[k]),
+              "prior": None if prior is None else float(prior[k])} for k, ids in enumerate(flat)]
     out, k = [], 0
-    for g in groups:
-        cands = []
-        for _ in g:
-            cands.append({"ids": flat[k], "score": float(scores[k]), "loglik": float(comp.loglik[k]),
-                          "head": None if comp.head is None else float(comp.head[k]),
-                          "prior": None if prior is None else float(prior[k])})
-            k += 1
-        out.append(sorted(cands, key=lambda c: -c["score"]))
+    for g in groups:  # each prompt's candidates are consecutive in flat
+        out.append(sorted(cands[k:k + len(g)], key=lambda c: -c["score"]))
+        k += len(g)
     return out
