@@ -9,10 +9,10 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 
 def machine() -> dict:
+    import torch  # here, not at the top: bench/serve_memory.py sets MKL's memory settings before torch loads
+
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 

@@ -9,13 +9,20 @@ pandas and altair imported; the shipped LM loaded), with its baseline in the sam
 - 8 at once: the rise of peak resident memory (VmHWM, reset first) while 8 threads, as 8 sessions do, each
   sample 60 tokens of the LM's default decoding from the same prompt; now, the fused LSTM's inference calls take
   turns (nlp.models.fused_turn), against the baseline where they all run at once (oneDNN copies each layer's
-  weights on every call). Median of --repeats. Linux only (/proc/self/status).
+  weights on every call);
+- 8 chat replies at once: the same rise while 8 threads each reply to their own message with sample-and-rank over
+  16 candidates (the shipped chat model); now, MKL frees its matrix-multiply buffers after each call
+  (MKL_DISABLE_FAST_MM, set by webapp.__main__.lean_memory), against the baseline where each thread keeps them
+  until it exits (MKL's default: a session's thread waiting for its turn held them).
+Median of --repeats. Linux only (/proc/self/status).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,8 @@ from common import machine, save  # noqa: E402
 
 SESSIONS = 8
 PROMPT = "The history of the city"
+CANDIDATES = 16
+TOPICS = ["music", "cooking", "the weather", "football", "your job", "travelling", "movies", "your family"]
 
 
 def status_mb(field: str) -> float:
@@ -39,16 +48,18 @@ def worker(kind: str) -> dict:
     import threading
 
     sys.path.insert(0, str(ROOT))
-    from webapp.__main__ import fewer_malloc_arenas
+    from webapp.__main__ import lean_memory
 
-    fewer_malloc_arenas()  # as `python -m webapp` does first
+    lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
+    if kind == "chat-mkl-buffers-kept":
+        os.environ.pop("MKL_DISABLE_FAST_MM")  # before torch's first operation, so MKL keeps its default
     import altair  # noqa: F401 - what the server holds anyway
     import pandas  # noqa: F401
     import streamlit  # noqa: F401
 
     from nlp import models
     from nlp.decoding import make_generator
-    from nlp.serve import continue_text, default_decoding, open_checkpoint
+    from nlp.serve import chat_reply, continue_text, default_decoding, open_checkpoint
 
     ck = open_checkpoint(ROOT / "checkpoints" / "lm", "lm")
     if kind.startswith("detokenizer"):
@@ -63,14 +74,23 @@ def worker(kind: str) -> dict:
         import contextlib
 
         models._FUSED_CPU_INFERENCE = contextlib.nullcontext()
-    cfg = default_decoding(ck)
-    cfg.max_new_tokens, cfg.min_new_tokens = 60, 60
+    if kind.startswith("chat"):
+        chat = open_checkpoint(ROOT / "checkpoints" / "chat", "chat")
+        ranked = dataclasses.replace(default_decoding(chat), num_candidates=CANDIDATES)
 
-    def session(seed: int) -> None:
-        gen = continue_text(ck, PROMPT, cfg, make_generator(seed))
-        for _ in gen.stream:
-            pass
-    session(0)  # first-call allocations are not what this measures
+        def session(seed: int) -> None:  # a reply, then (as the app) its attention map, which waits its turn
+            "".join(chat_reply(chat, [f"Hi! What do you think about {TOPICS[seed]}?"], ranked,
+                               make_generator(seed)).stream)
+    else:
+        cfg = default_decoding(ck)
+        cfg.max_new_tokens, cfg.min_new_tokens = 60, 60
+
+        def session(seed: int) -> None:
+            gen = continue_text(ck, PROMPT, cfg, make_generator(seed))
+            for _ in gen.stream:
+                pass
+    for seed in range(SESSIONS):  # first-call allocations (each prompt's shapes) are not what this measures
+        session(seed)  # first-call allocations are not what this measures
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
     before = status_mb("VmHWM")
     threads = [threading.Thread(target=session, args=(seed,)) for seed in range(SESSIONS)]
@@ -106,6 +126,9 @@ def main() -> None:
         f"{SESSIONS}_generations_at_once_peak_rise_mb": {
             "fused calls take turns": measure("at-once-turns", args.repeats)["mb"],
             "all at once (baseline)": measure("at-once-no-turns", args.repeats)["mb"]},
+        f"{SESSIONS}_chat_replies_at_once_{CANDIDATES}_candidates_peak_rise_mb": {
+            "MKL buffers freed after each call": measure("chat-mkl-buffers-freed", args.repeats)["mb"],
+            "MKL buffers kept per thread (baseline)": measure("chat-mkl-buffers-kept", args.repeats)["mb"]},
     })
 
 

@@ -379,7 +379,8 @@ def chat_replies(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0)
 MIN_DISTINCT_2 = 0.3
 # Candidate counts a default may use: a reply must take at most 0.6 s on the development CPU (issue 11);
-# there 16 candidates take 0.48 s and 24 take 0.63 s (bench/chat_reply.py). More stay a choice in the sidebar.
+# there 16 candidates take 0.48-0.54 s and 24 take 0.59-0.63 s, too near the bar (bench/chat_reply.py). More stay
+# a choice in the sidebar.
 CANDIDATE_COUNTS = (1, 4, 8, 16)
 
 
