@@ -96,5 +96,8 @@ class Runtime:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group together: rank 0 writes the files after the last collective, and a rank
+        that tore the group down while rank 0 was still in it aborted now and then (gloo, torch 2.13)."""
         if distributed():
+            dist.barrier()
             dist.destroy_process_group()

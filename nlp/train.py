@@ -15,6 +15,7 @@ counted in the log); after --max-nonfinite of them in a row the run stops with a
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -451,11 +452,16 @@ def run(argv: list[str]) -> int:
     if cfg.dry_run and "--out" not in argv:
         cfg.out = tempfile.mkdtemp(prefix="nlp-dry-run-")
     trainer = Trainer(cfg)
+    rt, main = trainer.rt, trainer.main
     try:
         result = trainer.fit()
     finally:
-        trainer.rt.close()
-    if trainer.main:
+        # under torchrun DDP holds the process group: released first, the group's threads end in rt.close(),
+        # not while the interpreter shuts down
+        del trainer
+        gc.collect()
+        rt.close()
+    if main:
         print(json.dumps(result))
         if not cfg.dry_run:
             print(f"checkpoint: {cfg.out}  (evaluate: python -m nlp eval --checkpoint {cfg.out} "
