@@ -183,8 +183,9 @@ def cmd_probe_sentiment(a) -> int:
     for kind, m in result["by_kind"].items():
         print(f"  {kind or '(no kind)':10} {m['accuracy']:.3f} of {m['n']}")
     for m in result["misses"]:
-        print(f"  missed: {m['text']!r} is {'positive' if m['label'] else 'negative'}; the model said "
-              f"{m['verdict']} (p={m['probability']:.2f})")
+        truth = {1: "positive", 0: "negative"}.get(m["label"], "neutral")
+        print(f"  missed: {m['text']!r} is {truth}; the model said {m['verdict']} (p={m['probability']:.2f}"
+              + (f", rating {m['rating']:+.2f})" if m.get("rating") is not None else ")"))
     return 0
 
 
@@ -350,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(fn=cmd_tune_sentiment)
 
     ps = sub.add_parser("probe-sentiment", help="accuracy on negated and contrastive phrases "
-                        "(scripts/sentiment_probe.jsonl)")
+                        "(scripts/sentiment_probe.jsonl) or on another probe file, such as the plain statements "
+                        "of scripts/sentiment_neutral_probe.jsonl")
     ps.add_argument("--checkpoint", required=True, help="sentiment checkpoint folder")
-    ps.add_argument("--file", help="another probe file: jsonl rows with text, label (1/0) and kind")
+    ps.add_argument("--file", help="another probe file: jsonl rows with text, label (1, 0 or \"neutral\") and "
+                    "kind")
     ps.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ps.set_defaults(fn=cmd_probe_sentiment)
 

@@ -146,3 +146,27 @@ def augment(rows: list[dict], fraction: float, seed: int = 0) -> list[dict]:
         out.append({"text": contrast(a["text"], b["text"]), "label": last, "rating": 0.75 * b["rating"],
                     "domain": a.get("domain", "")})
     return out
+
+
+def neutral_sentences(texts: list[str], n: int, seed: int = 0, min_words: int = 4, max_words: int = 30) -> list[str]:
+    """Up to n of `texts` (shuffled by `seed`) in which VADER's lexicon finds no sentiment at all (compound score
+    0) and that have min_words..max_words words: plain statements and questions of everyday talk ("I work at
+    the library on campus.", "Where are you from?"). The rated training sentences are all opinions, so the
+    classifier reads a sentence of fact as one too ("The museum opens at 9 am" -> positive); these rows teach
+    the rating head that such a sentence rates 0. Needs vaderSentiment."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    out, seen = [], set()
+    for i in order:
+        if len(out) >= n:
+            break
+        text = " ".join(texts[i].split())
+        if not min_words <= len(text.split()) <= max_words or text.lower() in seen:
+            continue
+        if vader.polarity_scores(text)["compound"] == 0:
+            seen.add(text.lower())
+            out.append(text)
+    return out

@@ -61,6 +61,11 @@ class TrainConfig:
     negation_augment: float = field(default=0.0, metadata={
         "help": "sentiment: add this fraction of negated and 'A, but B' copies of the training sentences "
                 "(nlp.augment)"})
+    neutral_corpus: str = field(default="", metadata={
+        "help": "sentiment: a corpus whose training sentences (a chat corpus's replies) with no word in VADER's "
+                "lexicon join the training rows as neutral: rating 0, both labels equally likely "
+                "(nlp.augment.neutral_sentences)"})
+    neutral_rows: int = field(default=0, metadata={"help": "sentiment: how many neutral_corpus sentences to add"})
     distill_from: str = field(default="", metadata={
         "help": "sentiment: a trained classifier to keep agreeing with where it is right (learning without "
                 "forgetting): on each training row whose label it predicts, the KL divergence from its label "

@@ -76,6 +76,9 @@ def chat_examples(ds: Dataset, tok: Tokenizer, context_turns: int, max_src_len: 
     return out
 
 
+NO_OPINION = 2  # a sentiment row's label when it states no opinion: trained towards equal label probabilities
+
+
 def sentiment_examples(ds: Dataset, tok: Tokenizer, max_len: int) -> list[SentimentExample]:
     return [SentimentExample(ids[:max_len] or [EOS], int(label), float(rating))
             for ids, label, rating in zip(tok.encode_batch(list(ds["text"])), ds["label"], ds["rating"])]

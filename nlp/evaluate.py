@@ -108,12 +108,17 @@ def sentiment_baselines(train, test) -> dict:
     return out
 
 
-def vader_labels(texts: list[str]) -> list[int]:
-    """The VADER lexicon's label (compound score >= 0 is positive); needs vaderSentiment."""
+def vader_compound(texts: list[str]) -> list[float]:
+    """The VADER lexicon's compound score of each text (-1..1); needs vaderSentiment."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     sia = SentimentIntensityAnalyzer()
-    return [int(sia.polarity_scores(t)["compound"] >= 0) for t in texts]
+    return [sia.polarity_scores(t)["compound"] for t in texts]
+
+
+def vader_labels(texts: list[str]) -> list[int]:
+    """The VADER lexicon's label (compound score >= 0 is positive); needs vaderSentiment."""
+    return [int(c >= 0) for c in vader_compound(texts)]
 
 
 def eval_sentiment(ck: Checkpoint, dd, split: str, max_examples: int) -> tuple[dict, dict]:
@@ -187,25 +192,30 @@ def tune_sentiment(ck: Checkpoint, corpora: list[str], split: str = "validation"
 
 
 def probe_sentiment(ck: Checkpoint, path: Path = PROBE) -> dict:
-    """Accuracy of the binary label on a probe file (jsonl rows {"text", "label", "kind"}), overall and by
-    kind, with the misses."""
+    """Accuracy on a probe file (jsonl rows {"text", "label", "kind"}), overall and by kind, with the misses. A
+    row labelled 1 or 0 is right when the binary label matches; a row labelled "neutral"
+    (scripts/sentiment_neutral_probe.jsonl) when the verdict is "neutral / mixed". The VADER lexicon's baseline
+    answers the same way (a neutral row: |compound| < 0.05, VADER's own neutral band)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     results = classify(ck, [r["text"] for r in rows])
-    hits = [res["label"] == r["label"] for r, res in zip(rows, results)]
+    hits = [res["verdict"] == NEUTRAL if r["label"] == "neutral" else res["label"] == r["label"]
+            for r, res in zip(rows, results)]
     kinds = sorted({r.get("kind", "") for r in rows})
 
-    def scored(kind: str | None) -> dict:
+    def scored(kind: str | None, right: list[bool]) -> dict:
         idx = [i for i, r in enumerate(rows) if kind is None or r.get("kind", "") == kind]
-        m = M.classification([results[i]["label"] for i in idx], [rows[i]["label"] for i in idx])
-        return {"n": m["n"], "accuracy": m["accuracy"]}
+        return {"n": len(idx), "accuracy": sum(right[i] for i in idx) / max(len(idx), 1)}
     try:
-        baselines = {"vader_lexicon": M.classification(vader_labels([r["text"] for r in rows]),
-                                                       [r["label"] for r in rows])["accuracy"]}
+        vader = vader_compound([r["text"] for r in rows])
+        right = [abs(v) < 0.05 if r["label"] == "neutral" else int(v >= 0) == r["label"] for r, v in zip(rows, vader)]
+        baselines = {"vader_lexicon": scored(None, right)["accuracy"]}
     except ImportError:
         baselines = {}
-    return {"file": str(path), **scored(None), "baselines": baselines, "by_kind": {k: scored(k) for k in kinds},
+    return {"file": str(path), **scored(None, hits), "baselines": baselines,
+            "by_kind": {k: scored(k, hits) for k in kinds},
             "misses": [{"text": r["text"], "label": r["label"], "predicted": res["label"],
-                        "probability": round(res["probability"], 3), "verdict": res["verdict"]}
+                        "probability": round(res["probability"], 3), "rating": res.get("rating"),
+                        "verdict": res["verdict"]}
                        for r, res, h in zip(rows, results, hits) if not h]}
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nlp import data as D
-from nlp.errors import CorpusError
+from nlp.errors import ConfigError, CorpusError
 from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, row_mean_logprob, token_nll
 from nlp.tokenizer import PAD, SEP, Tokenizer
 
@@ -252,15 +252,43 @@ class SentimentTask(Task):
             ds = datasets.concatenate_datasets([ds, datasets.Dataset.from_list(extra, features=ds.features)])
             if self.rank == 0:
                 print(f"negation augmentation: {len(extra)} extra training sentences", file=sys.stderr)
+        if train and self.cfg.neutral_corpus and self.cfg.neutral_rows > 0:
+            ds = self.with_neutral(ds)
         return D.sentiment_examples(ds, tok, self.cfg.max_len)
+
+    def with_neutral(self, ds):
+        """`ds` plus neutral_rows sentences of neutral_corpus's training split that VADER's lexicon rates 0:
+        rating 0, and both labels equally likely (D.NO_OPINION; never distilled: the teacher has an opinion)."""
+        import datasets
+
+        from nlp.augment import neutral_sentences
+        from nlp.corpora import load_corpus
+
+        split = load_corpus(self.cfg.neutral_corpus)["train"]
+        column = next((c for c in ("response", "text") if c in split.column_names), None)
+        if column is None:
+            raise ConfigError(f"neutral_corpus {self.cfg.neutral_corpus!r} has no response or text column")
+        texts = neutral_sentences(list(split[column]), self.cfg.neutral_rows, seed=self.cfg.seed)
+        blank = dict.fromkeys(ds.column_names)
+        rows = [{**blank, "text": t, "label": D.NO_OPINION, "rating": 0.0} for t in texts]
+        if "domain" in ds.column_names:
+            for r in rows:
+                r["domain"] = "neutral"
+        if self.rank == 0:
+            print(f"neutral sentences: {len(rows)} from {self.cfg.neutral_corpus}", file=sys.stderr)
+        return datasets.concatenate_datasets([ds, datasets.Dataset.from_list(rows, features=ds.features)])
 
     def loss(self, net, batch, carry, train):
         b = self.to_device(batch)
         out = net(b["ids"], b["lengths"])
-        labelled = b["label"] >= 0
-        loss = F.cross_entropy(out["logits"].float(), b["label"], ignore_index=-1, reduction="sum",
+        neutral = b["label"] == D.NO_OPINION  # neutral_corpus rows: both labels equally likely
+        labels = b["label"].masked_fill(neutral, -1)
+        labelled = labels >= 0
+        loss = F.cross_entropy(out["logits"].float(), labels, ignore_index=-1, reduction="sum",
                                label_smoothing=self.cfg.label_smoothing if train else 0.0)
-        extra = {"correct": float((out["logits"].argmax(-1) == b["label"])[labelled].sum()),
+        if neutral.any():  # cross-entropy against the uniform distribution over the labels
+            loss = loss - F.log_softmax(out["logits"][neutral].float(), -1).mean(-1).sum()
+        extra = {"correct": float((out["logits"].argmax(-1) == labels)[labelled].sum()),
                  "labelled": float(labelled.sum())}
         if "rating" in out:
             # ratings run -4..+4: scaled to -1..1 so the two losses have comparable sizes

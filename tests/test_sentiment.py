@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from nlp.__main__ import main
-from nlp.augment import at_all, augment, contrast, negate
+from nlp.augment import at_all, augment, contrast, negate, neutral_sentences
 from nlp.serve import NEUTRAL, NeutralRule
-from tests.conftest import SENTIMENT, train_tiny
+from tests.conftest import CHAT, SENTIMENT, train_tiny
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -84,6 +84,49 @@ def test_training_with_negation_augment_adds_rows(tokenizer, tmp_path, capsys):
     assert "negation augmentation:" in err and int(err.split("negation augmentation: ")[1].split()[0]) > 0
 
 
+def test_neutral_sentences_are_plain_statements_without_a_lexicon_word():
+    texts = ["I love this great place so much!", "The bus leaves at nine from the station.", "This is awful.",
+             "Where did you go to school?", "Short one.", "the bus leaves at nine   from the station.",
+             "My brother works at the bank downtown.", "What a terrible, horrible day it was."]
+    picked = neutral_sentences(texts, 10, seed=0)
+    assert sorted(t.lower() for t in picked) == ["my brother works at the bank downtown.",  # one bus, spaces tidied
+                                                 "the bus leaves at nine from the station.",
+                                                 "where did you go to school?"]
+    assert len(neutral_sentences(texts, 2, seed=0)) == 2  # at most n, no duplicates (case and spaces aside)
+    assert neutral_sentences(texts, 2, seed=3) == neutral_sentences(texts, 2, seed=3)
+
+
+def test_training_with_a_neutral_corpus_adds_rows(tokenizer, tmp_path, capsys):
+    train_tiny("sentiment", tmp_path / "neutral", tokenizer.path, "--neutral-corpus", str(CHAT), "--neutral-rows",
+               "20", "--max-steps", "2")
+    err = capsys.readouterr().err
+    assert "neutral sentences:" in err and 0 < int(err.split("neutral sentences: ")[1].split()[0]) <= 20
+
+
+def test_a_no_opinion_row_is_trained_towards_equal_label_probabilities(tokenizer):
+    """Its label loss is the cross-entropy against (0.5, 0.5): log 2 when the logits are equal, more when the
+    model leans either way; it counts in no accuracy."""
+    import math
+
+    import torch
+
+    from nlp.config import resolve_config
+    from nlp.data import NO_OPINION, SentimentExample, collate_sentiment
+    from nlp.tasks import SentimentTask
+
+    task = SentimentTask(resolve_config(["--task", "sentiment", "--rating-weight", "0"]), torch.device("cpu"))
+    batch = collate_sentiment([SentimentExample(tokenizer.encode("The bus leaves at nine."), NO_OPINION, 0.0)])
+
+    def loss(logits):
+        class Fixed(torch.nn.Module):
+            def forward(self, ids, lengths):
+                return {"logits": torch.tensor([logits])}
+        value, n, _, extra = task.loss(Fixed(), batch, None, train=False)
+        return float(value), extra["labelled"]
+    assert loss([0.0, 0.0]) == (pytest.approx(math.log(2)), 0.0)
+    assert loss([2.0, -2.0])[0] > math.log(2) + 0.5 and loss([-2.0, 2.0])[0] == pytest.approx(loss([2.0, -2.0])[0])
+
+
 def test_neutral_rule_verdicts():
     assert NeutralRule().verdict(1, 0.51, 0.01) == "positive"  # the default never says neutral
     rule = NeutralRule(rating_below=0.5, probability_below=0.7, disagree=True)
@@ -128,6 +171,21 @@ def test_probe_set_is_balanced_and_the_probe_command_reports_by_kind(trained, ca
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == len(rows) and set(result["by_kind"]) == kinds
     assert len(result["misses"]) == round((1 - result["accuracy"]) * len(rows))
+
+
+def test_the_plain_statement_probe_counts_a_neutral_verdict_as_right(trained, capsys):
+    from nlp.checkpoint import load_checkpoint
+    from nlp.evaluate import PROBE
+    from nlp.serve import classify
+
+    path = PROBE.parent / "sentiment_neutral_probe.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) >= 40 and {r["label"] for r in rows} == {"neutral"} and len({r["text"] for r in rows}) == len(rows)
+    assert main(["probe-sentiment", "--checkpoint", str(trained["sentiment"]), "--file", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    verdicts = [r["verdict"] for r in classify(load_checkpoint(trained["sentiment"]), [r["text"] for r in rows])]
+    assert result["accuracy"] == pytest.approx(verdicts.count(NEUTRAL) / len(rows))
+    assert {m["text"] for m in result["misses"]} == {r["text"] for r, v in zip(rows, verdicts) if v != NEUTRAL}
 
 
 def test_distillation_keeps_what_the_teacher_gets_right(trained, tokenizer):
