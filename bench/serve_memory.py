@@ -52,7 +52,7 @@ def worker(kind: str) -> dict:
 
     lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
     if kind == "chat-mkl-buffers-kept":
-        os.environ.pop("MKL_DISABLE_FAST_MM")  # before torch's first operation, so MKL keeps its default
+        os.environ.pop("MKL_DISABLE_FAST_MM")  # before torch loads, so MKL keeps its default
     import altair  # noqa: F401 - what the server holds anyway
     import pandas  # noqa: F401
     import streamlit  # noqa: F401
@@ -90,7 +90,7 @@ def worker(kind: str) -> dict:
             for _ in gen.stream:
                 pass
     for seed in range(SESSIONS):  # first-call allocations (each prompt's shapes) are not what this measures
-        session(seed)  # first-call allocations are not what this measures
+        session(seed)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
     before = status_mb("VmHWM")
     threads = [threading.Thread(target=session, args=(seed,)) for seed in range(SESSIONS)]

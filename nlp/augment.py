@@ -153,7 +153,7 @@ def neutral_sentences(texts: list[str], n: int, seed: int = 0, min_words: int = 
     0) and that have min_words..max_words words: plain statements and questions of everyday talk ("I work at
     the library on campus.", "Where are you from?"). The rated training sentences are all opinions, so the
     classifier reads a sentence of fact as one too ("The museum opens at 9 am" -> positive); these rows teach
-    the rating head that such a sentence rates 0. Needs vaderSentiment."""
+    it that such a sentence rates 0 and leans neither way. Needs vaderSentiment."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     vader = SentimentIntensityAnalyzer()

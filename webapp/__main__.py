@@ -63,7 +63,8 @@ def not_from_preload(record: logging.LogRecord) -> bool:
 
 def lean_memory(arenas: int = 2) -> None:
     """Memory settings for a server whose sessions each run tensor work in a thread of their own; call it before
-    torch's first operation. Elsewhere than glibc and MKL builds the parts that do not apply do nothing.
+    torch is imported (MKL reads its setting when torch loads). Elsewhere than glibc and MKL builds the parts
+    that do not apply do nothing.
 
     - MKL (torch's BLAS on x86) keeps each thread's matrix-multiply buffers until that thread exits: a
       sample-and-rank reply (16 rows a step) left about 22 MB with its session's script thread, and 8 sessions
@@ -71,7 +72,7 @@ def lean_memory(arenas: int = 2) -> None:
       after each call instead, at no measurable cost to a reply.
     - glibc gives each thread that allocates its own arena (up to 8 per core) and keeps what each one freed: two
       arenas (as MALLOC_ARENA_MAX=2) keep the server's memory flat as sessions come."""
-    os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")  # read when MKL first allocates
+    os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
