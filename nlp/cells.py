@@ -215,6 +215,9 @@ def step_stack(rnn: nn.Module, mode: str, x: Tensor, state):
     matrix-vector step is much faster than calling the fused module once per token (see DESIGN.md).
     x (B, I); state (L, B, H) or a pair of them for the LSTM. Dropout is off: this is inference.
     """
+    packed = getattr(rnn, "step_weights", None)  # set by nlp.models.half_step_weights
+    if packed is not None and mode == "LSTM":
+        return lstm_stack_step(packed, x, state)
     hs, cs = [], []
     for layer in range(rnn.num_layers):
         sfx = f"_l{layer}"
@@ -231,3 +234,20 @@ def step_stack(rnn: nn.Module, mode: str, x: Tensor, state):
         hs.append(h)
         x = h
     return x, ((torch.stack(hs), torch.stack(cs)) if mode == "LSTM" else torch.stack(hs))
+
+
+def lstm_stack_step(packed: list[tuple[Tensor, Tensor]], x: Tensor, state: tuple[Tensor, Tensor]):
+    """`step_stack` for an LSTM stack whose layers come packed as (W, b): W = [W_ih | W_hh] (4H, I + H), in
+    any dtype (bfloat16 halves what a step reads), b = b_ih + b_hh. One matrix-vector product a layer on
+    [x; h]; the gates, the cell and the states stay in the state's dtype (float32)."""
+    hs, cs = [], []
+    for layer, (w, b) in enumerate(packed):
+        h, c = state[0][layer], state[1][layer]
+        gates = (torch.cat([x, h], -1).to(w.dtype) @ w.t()).to(h.dtype) + b
+        i, f, g, o = gates.chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+        x = h
+    return x, (torch.stack(hs), torch.stack(cs))

@@ -198,6 +198,34 @@ def transposed_weights(model: nn.Module) -> nn.Module:
     return model
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): there half-size weights make a batch-1
+    step faster; elsewhere bfloat16 products are emulated and slower than float32."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                     "_is_amx_tile_supported"))
+
+
+def half_step_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """For token-by-token decoding: each unidirectional fused LSTM stack keeps its layers packed as one
+    [W_ih | W_hh] matrix in `dtype` with the summed bias (`step_weights`, read by nlp.cells.step_stack), and a
+    language model's output layer a `dtype` copy of its weight (`step_weight`, read by `log_probs`). A step then
+    reads half the bytes, in one matrix-vector product a layer instead of two; states, gates and log-probs stay
+    float32. The float32 weights stay for prompts (one fused pass) and everything else. Inference only: the
+    copies do not follow later changes to the weights. bench/decode_speed.py measures the speed and what it
+    does to the log-probabilities."""
+    for module in model.modules():
+        if isinstance(module, nn.LSTM) and not module.bidirectional and not module.proj_size:
+            module.step_weights = [
+                (torch.cat([getattr(module, f"weight_ih_l{k}"), getattr(module, f"weight_hh_l{k}")], 1)
+                 .detach().to(dtype).contiguous(),
+                 (getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")).detach().float())
+                for k in range(module.num_layers)]
+    if isinstance(model, LanguageModel) and not hasattr(model, "adaptive"):
+        model.decoder.step_weight = model.decoder.weight.detach().to(dtype).contiguous()
+    return model
+
+
 # --------------------------------------------------------------------------- language model
 @dataclass
 class LMConfig:
@@ -260,6 +288,9 @@ class LanguageModel(nn.Module, _FromConfig):
         """h (..., H) -> log-probabilities (..., V)."""
         if hasattr(self, "adaptive"):
             return self.adaptive.log_prob(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:-1], -1)
+        half = getattr(self.decoder, "step_weight", None)  # half_step_weights
+        if half is not None:
+            return F.log_softmax(F.linear(h.to(half.dtype), half).float() + self.decoder.bias, -1)
         return F.log_softmax(self.decoder(h).float(), -1)
 
     # decoding interface ------------------------------------------------------

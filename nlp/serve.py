@@ -29,7 +29,7 @@ from nlp.decoding import (
     sample_tokens,
     stream_text,
 )
-from nlp.models import transposed_weights
+from nlp.models import half_step_weights, native_bf16, transposed_weights
 from nlp.ranking import RankWeights, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
 
@@ -114,10 +114,13 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
     return reply
 
 
-def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None = None) -> Checkpoint:
+def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None = None,
+                    half_steps: bool = True) -> Checkpoint:
     """A checkpoint ready to serve: `load_checkpoint`, then the task and the config.json entries that serving
     reads (context length, default decoding, ranking weights, neutral rule) checked, so that a damaged entry
-    is a CheckpointError here, not a traceback in the middle of a reply."""
+    is a CheckpointError here, not a traceback in the middle of a reply. On a CPU that multiplies bfloat16
+    natively, a language model's token-by-token steps use bfloat16 copies of its weights (`half_steps=False`:
+    float32 throughout; bench/decode_speed.py measures both)."""
     ck = load_checkpoint(path, impl=impl, task=task)
     where = ck.path / CONFIG
     for key in ("train", "data", "decoding", "neutral"):
@@ -136,6 +139,8 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
         raise CheckpointError(f"{where}: a damaged \"decoding\" or \"neutral\" entry ({e}); delete that entry "
                               "to use the defaults") from None
     transposed_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
+    if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and native_bf16():
+        half_step_weights(ck.model)
     return ck
 
 

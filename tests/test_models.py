@@ -190,3 +190,43 @@ def test_transposed_weights_keep_every_output_and_leave_bidirectional_encoders()
             (lp_a, st_a), (lp_b, st_b) = prime(model, ids), prime(served, ids)  # a fused pass (and a step)
             torch.testing.assert_close(lp_b, lp_a)
             torch.testing.assert_close(served.step(torch.tensor([9]), st_b)[0], model.step(torch.tensor([9]), st_a)[0])
+
+
+def test_packed_steps_match_the_layer_by_layer_step_and_bfloat16_stays_close():
+    """half_step_weights: in float32 the packed [W_ih | W_hh] step is the same computation as the layer-by-layer
+    one; in bfloat16 (emulated where the CPU has no native support, so this runs anywhere) the log-probs move
+    by a little and the states stay float32. The chat model's decoder gets packed weights; only an LM's output
+    layer gets a half copy."""
+    import copy
+
+    from nlp.decoding import prime
+    from nlp.models import half_step_weights
+
+    ids = torch.randint(5, V, (7,)).tolist()
+    for model in (lm(), s2s()):
+        model.eval()
+        exact = half_step_weights(copy.deepcopy(model), torch.float32)
+        half = half_step_weights(copy.deepcopy(model))
+        stack = half.rnn if isinstance(model, LanguageModel) else half.decoder
+        assert [w.dtype for w, _ in stack.step_weights] == [torch.bfloat16] * stack.num_layers
+        assert hasattr(half.decoder, "step_weight") == isinstance(model, LanguageModel)
+        with torch.no_grad():
+            (_, st), (_, st_exact), (_, st_half) = prime(model, ids), prime(exact, ids), prime(half, ids)
+            lp, st = model.step(torch.tensor([9]), st)
+            lp_exact, st_exact = exact.step(torch.tensor([9]), st_exact)
+            lp_half, st_half = half.step(torch.tensor([9]), st_half)
+        torch.testing.assert_close(lp_exact, lp, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(st_exact["h"], st["h"], rtol=1e-5, atol=1e-5)
+        assert st_half["h"].dtype == st_half["c"].dtype == lp_half.dtype == torch.float32
+        assert float((lp_half - lp).abs().max()) < 0.1 and float((lp_half - lp).abs().max()) > 0
+
+
+def test_open_checkpoint_uses_half_steps_only_for_a_language_model_on_native_bfloat16(trained, monkeypatch):
+    from nlp import serve
+
+    for native in (True, False):
+        monkeypatch.setattr(serve, "native_bf16", lambda native=native: native)
+        lm_ck, chat_ck = serve.open_checkpoint(trained["lm"], "lm"), serve.open_checkpoint(trained["chat"], "chat")
+        assert hasattr(lm_ck.model.rnn, "step_weights") == native
+        assert not hasattr(chat_ck.model.decoder, "step_weights")
+        assert not hasattr(serve.open_checkpoint(trained["lm"], "lm", half_steps=False).model.rnn, "step_weights")
