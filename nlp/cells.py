@@ -53,6 +53,11 @@ def lstm_step(xp: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tens
     gates = xp + h @ w_hh.t()
     if b_hh is not None:
         gates = gates + b_hh
+    return lstm_update(gates, c)
+
+
+def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM's cell and output from its summed gate pre-activations (i, f, g, o): the new (h, c)."""
     i, f, g, o = gates.chunk(4, -1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
@@ -243,10 +248,7 @@ def lstm_stack_step(packed: list[tuple[Tensor, Tensor]], x: Tensor, state: tuple
     hs, cs = [], []
     for layer, (w, b) in enumerate(packed):
         h, c = state[0][layer], state[1][layer]
-        gates = (torch.cat([x, h], -1).to(w.dtype) @ w.t()).to(h.dtype) + b
-        i, f, g, o = gates.chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        h, c = lstm_update((torch.cat([x, h], -1).to(w.dtype) @ w.t()).to(h.dtype) + b, c)
         hs.append(h)
         cs.append(c)
         x = h
