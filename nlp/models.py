@@ -75,8 +75,9 @@ def fused_turn(x: Tensor):
     (8 MB a layer for the shipped LM) and frees the copy after. In the app every session runs in a thread of
     one process: 8 sessions pressing Generate at once held 8 copies, +70 MB of peak memory for nothing, since
     each call already spreads over every core with torch's intra-op threads. Training (gradients on) and
-    other devices never wait. Sample-and-rank takes one turn for a whole reply: its 16 candidates' logits
-    (about 35 MB while they are scored) would otherwise be held by every session at once.
+    other devices never wait. Sample-and-rank takes one turn for a whole reply (its sampling steps and scoring
+    passes), so sessions' rankings do not interleave. (What 8 ranking sessions held at once was mostly MKL's
+    per-thread buffers: webapp.__main__.lean_memory frees those.)
     """
     if torch.is_grad_enabled() or x.device.type != "cpu":
         yield
