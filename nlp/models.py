@@ -449,17 +449,33 @@ class Seq2Seq(nn.Module, _FromConfig):
 
     def decode(self, state: dict, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoder from an encoded state: logits (B, T, V) and attention (B, T, S)."""
+        att, weights = self.decode_features(state, tgt_in)
+        return self.out(att), weights
+
+    def decode_features(self, state: dict, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """`decode` up to the output layer: the attentional vectors (B, T, D), dropout applied, and attention."""
         emb = self.drop(self.embed(tgt_in))
         if not self.config.input_feeding:
             dec_out, _ = run_rnn(self.decoder, emb, hx=state_from_batch_first(state))
             att, weights = self._attend(dec_out, state)
-            return self.out(self.drop(att)), weights
+            return self.drop(att), weights
         atts, ws = [], []
         for t in range(tgt_in.shape[1]):
             att, w, state = self._feed_step(emb[:, t], state)
             atts.append(att)
             ws.append(w)
-        return self.out(self.drop(torch.stack(atts, 1))), torch.stack(ws, 1)
+        return self.drop(torch.stack(atts, 1)), torch.stack(ws, 1)
+
+    def reply_logprob(self, state: dict, tgt_in: Tensor, tgt_out: Tensor, rows: int = 256) -> Tensor:
+        """Teacher-forced mean log-probability of each row's targets that are not PAD (`row_mean_logprob` of
+        `decode`'s logits), with the output layer and its softmax run over `rows` positions at a time: scoring
+        16 sampled replies of 40 tokens held three (B, T, V) float32 tensors (20 MB each) at once, for a
+        ranking that needs one number a reply."""
+        att, _ = self.decode_features(state, tgt_in)
+        flat, targets = att.reshape(-1, att.shape[-1]), tgt_out.reshape(-1)
+        nll = torch.cat([F.cross_entropy(self.out(flat[i:i + rows]).float(), targets[i:i + rows], ignore_index=PAD,
+                                         reduction="none") for i in range(0, len(flat), rows)])
+        return -nll.view_as(tgt_out).sum(1) / (tgt_out != PAD).sum(1).clamp(min=1)
 
     def _feed_step(self, emb_t: Tensor, state: dict):
         x = torch.cat([emb_t, state["feed"]], -1) if self.config.input_feeding else emb_t

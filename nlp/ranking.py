@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nlp.data import pad
-from nlp.models import fused_turn, row_mean_logprob
+from nlp.models import fused_turn
 from nlp.tokenizer import BOS, EOS, SEP
 
 EMPTY_CONTEXT = [SEP]  # what the model sees as "no context" (see TrainConfig.empty_context_rate)
@@ -77,7 +77,7 @@ def components(model, contexts: list[list[int]], candidates: list[list[list[int]
         tgt_in, _ = pad([[BOS] + r for r in cands])
         tgt_out, _ = pad([r + [EOS] for r in cands])
         tgt_in, tgt_out = tgt_in.to(dev), tgt_out.to(dev)
-        logliks.append(row_mean_logprob(model.decode(expanded, tgt_in)[0], tgt_out))
+        logliks.append(model.reply_logprob(expanded, tgt_in, tgt_out))
         if has_head(model):
             heads.append(head_scores(model, expanded["pooled"], cands))
         start = end

@@ -84,6 +84,20 @@ def test_components_loglik_is_the_mean_token_log_probability(tmp_path):
         assert float(got) == pytest.approx(-loss.item() / int(n), abs=1e-5)
 
 
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_reply_logprob_in_chunks_equals_the_mean_over_the_full_logits(input_feeding):
+    """Scoring runs the output layer over a few positions at a time (chunks that cut across rows here); the
+    mean log-probability per row is that of the whole (B, T, V) logits, padding left out."""
+    m = s2s(input_feeding=input_feeding)
+    b = collate_chat([ChatExample([5, 6, 7], [8, 9]), ChatExample([10, 11], [12, 13, 14, 15]),
+                      ChatExample([16], [17])])
+    with torch.no_grad():
+        state = m.encode(b["src"], b["src_len"])
+        full = row_mean_logprob(m.decode(state, b["tgt_in"])[0], b["tgt_out"])
+        for rows in (1, 3, 7, 256):
+            torch.testing.assert_close(m.reply_logprob(state, b["tgt_in"], b["tgt_out"], rows=rows), full)
+
+
 def test_combine_weights_each_component():
     comp = R.Components(loglik=torch.tensor([-1.0, -2.0]), head=torch.tensor([0.0, 3.0]))
     prior = torch.tensor([-0.5, -4.0])
