@@ -10,10 +10,13 @@ pandas and altair imported; the shipped LM loaded), with its baseline in the sam
   sample 60 tokens of the LM's default decoding from the same prompt; now, the fused LSTM's inference calls take
   turns (nlp.models.fused_turn), against the baseline where they all run at once (oneDNN copies each layer's
   weights on every call);
-- 8 chat replies at once: the same rise while 8 threads each reply to their own message with sample-and-rank over
-  16 candidates (the shipped chat model); now, MKL frees its matrix-multiply buffers after each call
-  (MKL_DISABLE_FAST_MM, set by webapp.__main__.lean_memory), against the baseline where each thread keeps them
-  until it exits (MKL's default: a session's thread waiting for its turn held them).
+- 8 chat replies: the same rise while 8 threads each reply to their own message with sample-and-rank over 16
+  candidates (the shipped chat model), and the median seconds of one reply with the server to itself. Now (the
+  server's settings, webapp.__main__.lean_memory) against three baselines, each undoing one choice: MKL keeping
+  each thread's matrix-multiply buffers until it exits (its default; MKL_DISABLE_FAST_MM frees them after each
+  call: a session's thread waiting for its turn held them); every block over 1 MB mapped afresh (lean_memory's
+  malloc threshold before: with MKL's buffers freed after each call, each matrix product then page-faulted 1-5 MB
+  in); the candidates scored over their full (B, T, V) logits (before Seq2Seq.reply_logprob).
 Median of --repeats. Linux only (/proc/self/status).
 """
 
@@ -53,6 +56,12 @@ def worker(kind: str) -> dict:
     lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
     if kind == "chat-mkl-buffers-kept":
         os.environ.pop("MKL_DISABLE_FAST_MM")  # before torch loads, so MKL keeps its default
+    if kind == "chat-mmap-1mb":  # lean_memory's malloc settings before: every block over 1 MB mapped afresh
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD: glibc's default, which fixing the threshold kept
     import altair  # noqa: F401 - what the server holds anyway
     import pandas  # noqa: F401
     import streamlit  # noqa: F401
@@ -76,6 +85,11 @@ def worker(kind: str) -> dict:
         models._FUSED_CPU_INFERENCE = contextlib.nullcontext()
     if kind.startswith("chat"):
         chat = open_checkpoint(ROOT / "checkpoints" / "chat", "chat")
+        if kind == "chat-full-logits":  # the candidates' scoring before: the output layer over all at once
+            from nlp.models import row_mean_logprob
+
+            chat.model.reply_logprob = lambda state, tgt_in, tgt_out: row_mean_logprob(
+                chat.model.decode(state, tgt_in)[0], tgt_out)
         ranked = dataclasses.replace(default_decoding(chat), num_candidates=CANDIDATES)
 
         def session(seed: int) -> None:  # a reply, then (as the app) its attention map, which waits its turn
@@ -89,8 +103,11 @@ def worker(kind: str) -> dict:
             gen = continue_text(ck, PROMPT, cfg, make_generator(seed))
             for _ in gen.stream:
                 pass
+    seconds = []
     for seed in range(SESSIONS):  # first-call allocations (each prompt's shapes) are not what this measures
+        start = time.perf_counter()
         session(seed)
+        seconds.append(time.perf_counter() - start)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
     before = status_mb("VmHWM")
     threads = [threading.Thread(target=session, args=(seed,)) for seed in range(SESSIONS)]
@@ -98,7 +115,7 @@ def worker(kind: str) -> dict:
         t.start()
     for t in threads:
         t.join()
-    return {"mb": status_mb("VmHWM") - before}
+    return {"mb": status_mb("VmHWM") - before, "seconds_one_at_a_time": statistics.median(seconds[1:])}
 
 
 def measure(kind: str, repeats: int) -> dict:
@@ -126,9 +143,12 @@ def main() -> None:
         f"{SESSIONS}_generations_at_once_peak_rise_mb": {
             "fused calls take turns": measure("at-once-turns", args.repeats)["mb"],
             "all at once (baseline)": measure("at-once-no-turns", args.repeats)["mb"]},
-        f"{SESSIONS}_chat_replies_at_once_{CANDIDATES}_candidates_peak_rise_mb": {
-            "MKL buffers freed after each call": measure("chat-mkl-buffers-freed", args.repeats)["mb"],
-            "MKL buffers kept per thread (baseline)": measure("chat-mkl-buffers-kept", args.repeats)["mb"]},
+        f"{SESSIONS}_chat_replies_{CANDIDATES}_candidates": {
+            "what": "mb: rise of peak memory with 8 replies at once; seconds_one_at_a_time: median reply alone",
+            "now": measure("chat-now", args.repeats),
+            "MKL buffers kept per thread (baseline)": measure("chat-mkl-buffers-kept", args.repeats),
+            "blocks over 1 MB mapped afresh (baseline)": measure("chat-mmap-1mb", args.repeats),
+            "scoring over the full logits (baseline)": measure("chat-full-logits", args.repeats)},
     })
 
 
