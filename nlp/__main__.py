@@ -53,12 +53,15 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-new-tokens", type=at_least(0), help="no end of text before this many tokens (1: never empty)")
     g.add_argument("--num-candidates", type=at_least(1),
                    help="chat: sample this many replies and keep the best by the ranking score (1 = plain sampling)")
+    g.add_argument("--keep-unfinished", dest="cut_unfinished", action="store_const", const=False, default=None,
+                   help="chat: show a reply that ran into the model's trained length as it is, even mid-sentence "
+                        "(default: cut back to its last full sentence)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
 
 
 GENERATION_FLAGS = ("strategy", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                     "no_repeat_ngram_size", "num_beams", "length_penalty", "max_new_tokens", "min_new_tokens",
-                    "num_candidates")
+                    "num_candidates", "cut_unfinished")
 
 
 def generation_config(a: argparse.Namespace, ck, **extra):

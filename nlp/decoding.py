@@ -56,6 +56,8 @@ class GenerationConfig:
     num_candidates: int = 1           # chat, sampling: draw this many replies and show the best by the ranking
     banned_ids: tuple[int, ...] = ()  # never produced (nlp.serve bans WikiText's literal <unk> unless allow_unk)
     allow_unk: bool = False           # let the LM write WikiText's <unk> marker for rare words
+    cut_unfinished: bool = True       # chat, ranked or beam: a reply that ran into the model's trained length and
+                                      # ends mid-sentence is cut back to its last full sentence (ranking.SentenceCut)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -68,7 +70,7 @@ class GenerationConfig:
                      "num_return_sequences", "num_candidates"):
             if not is_whole(getattr(self, name)):
                 raise GenerationError(f"{name} must be a whole number, got {getattr(self, name)!r}")
-        for name in ("stop_at_eos", "allow_unk"):
+        for name in ("stop_at_eos", "allow_unk", "cut_unfinished"):
             if not isinstance(getattr(self, name), bool):
                 raise GenerationError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.banned_ids, tuple) or not all(is_whole(t) and t >= 0 for t in self.banned_ids):

@@ -17,6 +17,7 @@ into CHECKPOINT/metrics.json under "CORPUS:SPLIT" (or writes it to --output).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -31,7 +32,7 @@ from nlp import ranking as R
 from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, read_metrics, write_json
 from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
-from nlp.serve import NEUTRAL, VERDICTS, NeutralRule, classify, default_decoding, ranking_weights
+from nlp.serve import NEUTRAL, VERDICTS, NeutralRule, classify, default_decoding, ranking_weights, sentence_cut
 from nlp.tokenizer import EOS
 
 
@@ -357,8 +358,12 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
         metrics["hits_at_1_chance"] = 1 / k
         baselines["tfidf_ranking"] = tfidf_ranking(dd["train"], contexts, refs, cands, truth)
     # replies under the given decoding
-    replies = chat_replies(ck, [e.src for e in examples], gen, weights, seed)
+    reply_ids = chat_reply_ids(ck, [e.src for e in examples], gen, weights, seed)
+    replies = [ck.tokenizer.decode(r) for r in reply_ids]
     metrics.update(M.dialogue_scores(replies, refs))
+    if limit := sentence_cut(ck, dataclasses.replace(gen, cut_unfinished=True)):
+        # replies that ran into the trained length and stop mid-sentence (what cut_unfinished cuts when it can)
+        metrics["unfinished_replies"] = sum(map(limit.unfinished, reply_ids)) / max(len(reply_ids), 1)
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
                           for c, r, ref in list(zip(contexts, replies, refs))[:5]]
     return metrics, baselines
@@ -371,16 +376,24 @@ def chat_replies(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig
                  seed: int) -> list[str]:
     """The reply to each encoded context under a decoding (beam search, sample-and-rank or plain sampling),
     seeded: what eval scores and tune-chat compares."""
+    return [ck.tokenizer.decode(r) for r in chat_reply_ids(ck, prompts, gen, weights, seed)]
+
+
+def chat_reply_ids(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig, weights: R.RankWeights,
+                   seed: int) -> list[list[int]]:
+    """`chat_replies` as token ids."""
     model = ck.model
+    cut = sentence_cut(ck, gen)  # as the app does for these two decodings
     if gen.strategy == "beam":  # one context at a time: beam search keeps its own batch of hypotheses
         ids = [beam_search(model, p, gen)[0][0] for p in prompts]
+        ids = [cut(r) for r in ids] if cut else ids
     elif gen.num_candidates > 1:
-        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed))]
+        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed), cut)]
     else:
         g = make_generator(seed)
         ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(model, prompts[start:start + 64],
                                                                                gen, g)]
-    return [ck.tokenizer.decode(r) for r in ids]
+    return ids
 
 
 # The temperatures tune-chat tries, and the variety a default must keep: distinct-2 (distinct word pairs over

@@ -30,7 +30,7 @@ from nlp.decoding import (
     stream_text,
 )
 from nlp.models import half_step_weights, native_bf16, transposed_weights
-from nlp.ranking import RankWeights, sample_and_rank
+from nlp.ranking import RankWeights, SentenceCut, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
@@ -84,12 +84,13 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
     def run() -> Iterator[str]:
         if cfg.strategy == "beam":  # the n-best come at once; attention is recorded for step-wise decoding
             best = beam_search(ck.model, ids, cfg)[0][0]
+            best = cut(best) if (cut := sentence_cut(ck, cfg)) else best
             reply.text = decode_text(ck.tokenizer, best)
             reply.reply_tokens = ck.tokenizer.pieces(best)
             yield reply.text
             return
         if cfg.strategy == "sample" and cfg.num_candidates > 1:  # sample-and-rank: the best comes at once
-            ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator)[0]
+            ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator, sentence_cut(ck, cfg))[0]
             reply.candidates = [{"text": decode_text(ck.tokenizer, c["ids"]),
                                  **{k: v for k, v in c.items() if k != "ids"}} for c in ranked]
             best = ranked[0]["ids"]
@@ -142,6 +143,16 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
     if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and native_bf16():
         half_step_weights(ck.model)
     return ck
+
+
+def sentence_cut(ck: Checkpoint, cfg: GenerationConfig) -> SentenceCut | None:
+    """For a chat model that records the reply length it was trained on (train.max_tgt_len, EOS included): its
+    replies that run into that length are cut back to their last full sentence (SentenceCut says why), unless
+    the decoding says to keep them (cfg.cut_unfinished)."""
+    limit = ck.config.get("train", {}).get("max_tgt_len")
+    if ck.task != "chat" or not cfg.cut_unfinished or not is_whole(limit) or limit < 2:
+        return None
+    return SentenceCut(limit - 1, ck.tokenizer.sentence_ends)
 
 
 def ranking_weights(ck: Checkpoint) -> RankWeights:

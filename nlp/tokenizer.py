@@ -12,6 +12,7 @@ The normaliser is the identity and whitespace is kept, so decode(encode(text)) =
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from nlp.errors import TokenizerError
 PAD, UNK, BOS, EOS, SEP = 0, 1, 2, 3, 4
 SEP_PIECE = "<sep>"
 LITERAL_UNK = "<unk>"  # WikiText's own marker for rare words, kept as one ordinary symbol
+
+
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"')\]\u201d\u2019]*$")
 
 
 class Tokenizer:
@@ -47,6 +51,14 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.model_bytes)
+
+    @functools.cached_property
+    def sentence_ends(self) -> frozenset[int]:
+        """The ids of pieces that end a sentence: ending in . ! ? or an ellipsis, perhaps then a closing quote or
+        bracket ("!!", " ...", '."')."""
+        return frozenset(i for i in range(self.vocab_size)
+                         if not self.sp.is_control(i) and not self.sp.is_byte(i)
+                         and _SENTENCE_END.search(self.sp.id_to_piece(i)))
 
     @property
     def vocab_size(self) -> int:

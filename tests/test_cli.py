@@ -142,6 +142,8 @@ def test_decoding_flags_left_out_take_the_checkpoints_default(trained):
     given = generation_config(build_parser().parse_args([*base, "--temperature", "0.5", "--num-candidates", "4"]), ck)
     assert (given.temperature, given.num_candidates) == (0.5, 4)
     assert given.repetition_penalty == default_decoding(ck).repetition_penalty
+    assert given.cut_unfinished and not generation_config(
+        build_parser().parse_args([*base, "--keep-unfinished"]), ck).cut_unfinished
 
 
 def test_chat_with_sample_and_rank(trained, monkeypatch, capsys):

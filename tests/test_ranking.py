@@ -3,6 +3,7 @@ ranking score shared by sample-and-rank and Hits@1, the context-gain measure, an
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,6 +248,53 @@ def test_sample_and_rank_returns_distinct_candidates_best_first(trained):
             assert c["score"] == pytest.approx(c["head"] + c["loglik"] - 0.5 * c["prior"], abs=1e-4)
     again = R.sample_and_rank(ck.model, [prompt, prompt], cfg, weights, make_generator(0))
     assert [c["ids"] for c in again[0]] == [c["ids"] for c in ranked[0]]
+
+
+def test_sentence_cut_trims_only_replies_that_ran_into_the_length_limit():
+    cut = R.SentenceCut(limit=10, ends=frozenset({7, 8}), margin=2)
+    assert cut([20, 21, 7, 22, 23, 8, 24, 25]) == [20, 21, 7, 22, 23, 8]  # 8 >= 10 - 2 tokens: back to its last end
+    assert cut([20, 21, 7, 22, 23, 24, 25]) == [20, 21, 7, 22, 23, 24, 25]  # 7 tokens: short enough to be whole
+    assert cut([20, 7, 22, 23, 24, 25, 26, 8]) == [20, 7, 22, 23, 24, 25, 26, 8]  # ends a sentence already
+    assert cut([20, 21, 22, 23, 24, 25, 26, 27, 28]) == [20, 21, 22, 23, 24, 25, 26, 27, 28]  # no end to go back to
+    assert cut([]) == []
+
+
+def test_sample_and_rank_scores_the_cut_replies_it_returns(trained):
+    """With a SentenceCut, every candidate is a cut reply, and its likelihood is that of the cut reply + EOS (a
+    pass of its own for the cut ones; the sampling steps' for the rest)."""
+    ck = load_checkpoint(trained["chat"])
+    prompt = ck.tokenizer.encode_turns(["hi, how are you?"], 96)
+    cfg = GenerationConfig(num_candidates=12, max_new_tokens=12, temperature=1.5)
+    ends = frozenset(range(5, ck.tokenizer.vocab_size, 7))  # every 7th id "ends a sentence": some cuts
+    cut = R.SentenceCut(limit=12, ends=ends, margin=6)
+    ranked = R.sample_and_rank(ck.model, [prompt], cfg, R.RankWeights(), make_generator(1), cut)[0]
+    uncut = R.sample_and_rank(ck.model, [prompt], cfg, R.RankWeights(), make_generator(1))[0]
+    whole = {tuple(c["ids"]) for c in uncut}
+    assert {tuple(c["ids"]) for c in ranked} == {tuple(cut(list(ids))) for ids in whole} != whole
+    expected = R.components(ck.model, [prompt], [[c["ids"] for c in ranked]]).loglik
+    torch.testing.assert_close(torch.tensor([c["loglik"] for c in ranked]), expected, atol=1e-4, rtol=0)
+
+
+def test_the_cut_follows_the_checkpoints_trained_reply_length_and_the_decoding(trained):
+    from nlp.serve import sentence_cut
+
+    ck = load_checkpoint(trained["chat"])
+    cfg = default_decoding(ck)
+    ck.config.setdefault("train", {})["max_tgt_len"] = 20
+    cut = sentence_cut(ck, cfg)
+    assert cut.limit == 19 and cut.ends == ck.tokenizer.sentence_ends  # max_tgt_len counts the EOS
+    assert sentence_cut(ck, GenerationConfig(cut_unfinished=False)) is None
+    del ck.config["train"]["max_tgt_len"]
+    assert sentence_cut(ck, cfg) is None  # a checkpoint that does not say: replies as they come
+    assert sentence_cut(load_checkpoint(trained["lm"]), cfg) is None
+
+
+def test_shipped_tokenizer_knows_which_pieces_end_a_sentence():
+    from nlp.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(Path(__file__).resolve().parent.parent / "checkpoints" / "tokenizer.model")
+    pieces = set(tok.pieces(sorted(tok.sentence_ends)))
+    assert {".", "!", "?", "..."} <= pieces and not pieces & {",", " the", "s", ":"}
 
 
 @pytest.mark.parametrize("max_new_tokens", [3, 30])
