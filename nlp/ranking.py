@@ -179,8 +179,8 @@ def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n
     sampled, loglik = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg,
                                         generator)
     if cut is not None:
-        cut_rows = [row for row, ids in enumerate(sampled) if len(cut(ids)) < len(ids)]
-        sampled = [cut(ids) for ids in sampled]
+        whole, sampled = sampled, [cut(ids) for ids in sampled]
+        cut_rows = [row for row, ids in enumerate(sampled) if len(ids) < len(whole[row])]
         if cut_rows:  # the sampling steps scored the whole reply: score the cut one
             loglik[cut_rows] = components(model, [prompts[row // n] for row in cut_rows],
                                           [[sampled[row]] for row in cut_rows]).loglik
