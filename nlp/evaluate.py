@@ -17,7 +17,6 @@ into CHECKPOINT/metrics.json under "CORPUS:SPLIT" (or writes it to --output).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -32,7 +31,16 @@ from nlp import ranking as R
 from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, read_metrics, write_json
 from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
-from nlp.serve import NEUTRAL, VERDICTS, NeutralRule, classify, default_decoding, ranking_weights, sentence_cut
+from nlp.serve import (
+    NEUTRAL,
+    VERDICTS,
+    NeutralRule,
+    classify,
+    default_decoding,
+    ranking_weights,
+    sentence_cut,
+    trained_length_cut,
+)
 from nlp.tokenizer import EOS
 
 
@@ -316,9 +324,13 @@ def chat_rows(ck: Checkpoint, dd, split: str, max_examples: int, seed: int):
     return ds, examples, [c[-turns:] for c in ds["context"]]
 
 
-def ranking_components(model, examples: list, cands: list[list[int]], prior: bool):
-    """Components of the ranking score for each row's candidates (rows x k), and the prior term if asked."""
+def ranking_components(model, examples: list, cands: list[list[int]], prior: bool, overlap: R.Overlap | None = None):
+    """Components of the ranking score for each row's candidates (rows x k), the overlap term if given one,
+    and the prior term if asked."""
     comp = R.components(model, [e.src for e in examples], [[examples[j].tgt for j in idx] for idx in cands])
+    if overlap is not None:
+        comp.overlap = overlap([e.src for e, idx in zip(examples, cands) for _ in idx],
+                               [examples[j].tgt for idx in cands for j in idx])
     prior_scores = None
     if prior:
         own = R.prior_loglik(model, [e.tgt for e in examples])
@@ -351,7 +363,8 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     seen = {tuple(c[-turns:]) for c in dd["train"]["context"]}
     metrics["contexts_in_train"] = sum(tuple(c) in seen for c in contexts) / max(len(contexts), 1)
     if k > 1:
-        comp, prior = ranking_components(model, examples, cands, R.needs_prior(weights))
+        comp, prior = ranking_components(model, examples, cands, R.needs_prior(weights),
+                                         R.Overlap.of(ck.tokenizer) if weights.overlap else None)
         scores = R.combine(comp, weights, prior).view(len(examples), k)
         metrics["hits_at_1"] = float((scores.argmax(1) == torch.tensor(truth)).float().mean())
         metrics["hits_at_1_candidates"] = k
@@ -361,7 +374,7 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     reply_ids = chat_reply_ids(ck, [e.src for e in examples], gen, weights, seed)
     replies = [ck.tokenizer.decode(r) for r in reply_ids]
     metrics.update(M.dialogue_scores(replies, refs))
-    if limit := sentence_cut(ck, dataclasses.replace(gen, cut_unfinished=True)):
+    if limit := trained_length_cut(ck):
         # replies that ran into the trained length and stop mid-sentence (what cut_unfinished cuts when it can)
         metrics["unfinished_replies"] = sum(map(limit.unfinished, reply_ids)) / max(len(reply_ids), 1)
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
@@ -388,7 +401,8 @@ def chat_reply_ids(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConf
         ids = [beam_search(model, p, gen)[0][0] for p in prompts]
         ids = [cut(r) for r in ids] if cut else ids
     elif gen.num_candidates > 1:
-        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed), cut)]
+        ids = [c[0]["ids"] for c in R.sample_and_rank(model, prompts, gen, weights, make_generator(seed), cut,
+                                                      R.Overlap.of(ck.tokenizer))]
     else:
         g = make_generator(seed)
         ids = [r for start in range(0, len(prompts), 64) for r in sample_batch(model, prompts[start:start + 64],
@@ -405,6 +419,9 @@ MIN_DISTINCT_2 = 0.3
 # there 16 candidates take 0.48-0.54 s and 24 take 0.59-0.63 s, too near the bar (bench/chat_reply.py). More stay
 # a choice in the sidebar.
 CANDIDATE_COUNTS = (1, 4, 8, 16)
+# Weights of the overlap term (nlp.ranking.Overlap, a cosine in [0, 1]) that tune-chat tries; the head's score
+# is a learned scale (about 20 for the shipped model) times a cosine, the likelihood terms a few nats a token.
+OVERLAP_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0, 96.0)
 
 
 @torch.no_grad()
@@ -412,8 +429,8 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
               candidate_counts: tuple[int, ...] = CANDIDATE_COUNTS, f1_examples: int = 500,
               temperatures: tuple[float, ...] = TEMPERATURES, draws: int = 3) -> dict:
     """Choose the chat model's default decoding on validation data:
-    1. the ranking weights by Hits@1 of 20 (a grid over the likelihood weight and the MI lambda, the head's
-       weight fixed at 1 when the model has one);
+    1. the ranking weights by Hits@1 of 20 (a grid over the likelihood weight, the MI lambda and the overlap
+       weight, the head's weight fixed at 1 when the model has one);
     2. the sampling temperature by the F1 of plain samples, averaged over `draws` seeded draws of every row,
        among the temperatures whose replies keep distinct-2 >= MIN_DISTINCT_2 (all rows, as eval counts it);
     3. the number of sampled candidates by the F1 of the chosen reply (sample-and-rank) with those weights
@@ -430,15 +447,16 @@ def tune_chat(ck: Checkpoint, corpus: str, split: str = "validation", max_exampl
     if k < 2:
         raise CorpusError(f"{corpus}:{split} has too few rows to rank")
     cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
-    comp, prior = ranking_components(model, examples, cands, prior=True)
+    comp, prior = ranking_components(model, examples, cands, prior=True, overlap=R.Overlap.of(ck.tokenizer))
     truth_t = torch.tensor(truth)
     head = comp.head is not None
     grid = []
     for lik in ((0.0, 0.5, 1.0, 2.0, 4.0, 8.0) if head else (1.0,)):
         for mi in ((0.0, 0.25, 0.5, 0.75) if lik else (0.0,)):
-            w = R.RankWeights(head=1.0 if head else 0.0, likelihood=lik, mi=mi)
-            hits = float((R.combine(comp, w, prior).view(len(examples), k).argmax(1) == truth_t).float().mean())
-            grid.append({**w.as_dict(), "hits_at_1": hits})
+            for overlap in OVERLAP_WEIGHTS:
+                w = R.RankWeights(head=1.0 if head else 0.0, likelihood=lik, mi=mi, overlap=overlap)
+                hits = float((R.combine(comp, w, prior).view(len(examples), k).argmax(1) == truth_t).float().mean())
+                grid.append({**w.as_dict(), "hits_at_1": hits})
     best = max(grid, key=lambda g: g["hits_at_1"])  # the first of equals: the simpler score
     weights = R.RankWeights.from_dict(best)
     base = {**default_decoding(ck).__dict__, "strategy": "sample"}

@@ -150,7 +150,12 @@ def token_nll(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> 
 
 def row_mean_logprob(logits: Tensor, targets: Tensor) -> Tensor:
     """(B, T, V) logits, (B, T) targets -> each row's mean log-probability of its targets that are not PAD."""
-    nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=PAD, reduction="none")
+    return mean_logprob(F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=PAD,
+                                        reduction="none"), targets)
+
+
+def mean_logprob(nll: Tensor, targets: Tensor) -> Tensor:
+    """(B, T) per-token NLL (0 at PAD) -> each row's mean log-probability of its targets that are not PAD."""
     return -nll.sum(1) / (targets != PAD).sum(1).clamp(min=1)
 
 
@@ -475,7 +480,7 @@ class Seq2Seq(nn.Module, _FromConfig):
         flat, targets = att.reshape(-1, att.shape[-1]), tgt_out.reshape(-1)
         nll = torch.cat([F.cross_entropy(self.out(flat[i:i + rows]).float(), targets[i:i + rows], ignore_index=PAD,
                                          reduction="none") for i in range(0, len(flat), rows)])
-        return -nll.view_as(tgt_out).sum(1) / (tgt_out != PAD).sum(1).clamp(min=1)
+        return mean_logprob(nll.view_as(tgt_out), tgt_out)
 
     def _feed_step(self, emb_t: Tensor, state: dict):
         x = torch.cat([emb_t, state["feed"]], -1) if self.config.input_feeding else emb_t

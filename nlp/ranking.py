@@ -2,6 +2,7 @@
 
     score(context, reply) = head * s_head(context, reply)
                           + likelihood * [ mean log p(reply | context) - mi * mean log p(reply | empty context) ]
+                          + overlap * s_overlap(context, reply)
 
   s_head      the next-reply head: a learned scale times the cosine of the context and reply vectors
               (trained against in-batch distractors; TransferTransfo, Wolf et al. 2019)
@@ -10,12 +11,17 @@
   mi          the mutual-information penalty of Li et al. 2016, log p(r|c) - lambda log p(r): generic replies
               ("I don't know") are likely under any context and lose their advantage. p(r) is the same model
               given an empty context (a lone <sep>), which it learns when trained with empty_context_rate > 0.
+  s_overlap   what the reply shares with the context, word for word (`Overlap`): the model alone ranks the true
+              reply first among 20 less often than plain TF-IDF does, and the two disagree enough that together
+              they beat both (README: Chat model).
 The weights are chosen on validation (`python -m nlp tune-chat`) and stored in the checkpoint's config.json
 under "decoding", beside the number of sampled candidates.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,11 +39,13 @@ class RankWeights:
     head: float = 0.0
     likelihood: float = 1.0
     mi: float = 0.0
+    overlap: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> RankWeights:
         d = d or {}
-        return cls(**{k: float(d[k]) for k in ("head", "likelihood", "mi") if isinstance(d.get(k), (int, float))})
+        return cls(**{k: float(d[k]) for k in ("head", "likelihood", "mi", "overlap")
+                      if isinstance(d.get(k), (int, float))})
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +56,44 @@ class Components:
     """Per candidate (a flat tensor over all candidates of all contexts, in order)."""
     loglik: Tensor          # mean log p(reply | context) per token
     head: Tensor | None     # next-reply head score (None when the model has no head)
+    overlap: Tensor | None = None  # Overlap of each candidate with its context (None when not weighed)
+
+
+class Overlap:
+    """How much a reply shares with its context, word for word: the cosine of their bags of tokenizer pieces,
+    each piece counted 1 + log(count) times (sublinear TF) and weighted by its information squared,
+    (-log p(piece))^2 under the tokenizer's own unigram model: an IDF that comes with every checkpoint, so
+    serving needs no corpus. "▁the" or "▁I" weigh little, "▁hiking" much; special and byte pieces nothing.
+    Compared on chitchat validation rows by Hits@1 of 20 beside the model's score, squared information did
+    better than plain information and nearly as well as document frequencies counted on the (lowercased)
+    training split, which would need a table of their own."""
+
+    def __init__(self, piece_weights: list[float]):
+        self.piece_weights = piece_weights
+
+    @classmethod
+    def of(cls, tokenizer) -> Overlap:
+        return cls([w * w for w in tokenizer.piece_information])
+
+    def vector(self, ids: list[int]) -> tuple[dict[int, float], float]:
+        """The weighted bag of a text's pieces (sparse) and its length."""
+        v = {t: (1.0 + math.log(c)) * self.piece_weights[t] for t, c in Counter(ids).items()
+             if self.piece_weights[t] > 0}
+        return v, math.sqrt(sum(x * x for x in v.values()))
+
+    def __call__(self, contexts: list[list[int]], replies: list[list[int]]) -> Tensor:
+        """The overlap of each reply with its context (pairs in order; a context may repeat)."""
+        cache: dict[tuple, tuple[dict[int, float], float]] = {}
+        out = []
+        for ctx, reply in zip(contexts, replies, strict=True):
+            key = tuple(ctx)
+            if key not in cache:
+                cache[key] = self.vector(ctx)
+            cv, cn = cache[key]
+            rv, rn = self.vector(reply)
+            dot = sum(x * cv.get(t, 0.0) for t, x in rv.items())
+            out.append(dot / (cn * rn) if cn and rn else 0.0)
+        return torch.tensor(out)
 
 
 def _device(model) -> torch.device:
@@ -112,6 +158,8 @@ def combine(comp: Components, weights: RankWeights, prior: Tensor | None = None)
         score = score - weights.likelihood * weights.mi * prior
     if weights.head and comp.head is not None:
         score = score + weights.head * comp.head
+    if weights.overlap and comp.overlap is not None:
+        score = score + weights.overlap * comp.overlap
     return score
 
 
@@ -146,10 +194,11 @@ class SentenceCut:
 
 @torch.no_grad()
 def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, generator=None,
-                    cut: SentenceCut | None = None) -> list[list[dict]]:
+                    cut: SentenceCut | None = None, overlap: Overlap | None = None) -> list[list[dict]]:
     """Sample-and-rank (Adiwardana et al. 2020): cfg.num_candidates replies sampled for each prompt in one
     batch, scored by `combine`; returns, per prompt, its distinct candidates best first, each
-    {"ids", "score", "loglik", "head", "prior"}. With `cut`, the candidates are the cut replies, scored as such.
+    {"ids", "score", "loglik", "head", "prior", "overlap"}. With `cut`, the candidates are the cut replies,
+    scored as such; `overlap` measures what weights.overlap weighs (without it that term is left out).
 
     Each context is encoded once and its state repeated for its candidates; their likelihood comes from the
     sampling steps themselves (`sample_from_state`), so only the prior (an empty context), the head and any
@@ -165,12 +214,12 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
         src, src_len = pad(chunk)
         src = src.to(dev)
         with fused_turn(src):
-            out += _rank_batch(model, chunk, src, src_len, n, cfg, weights, generator, cut)
+            out += _rank_batch(model, chunk, src, src_len, n, cfg, weights, generator, cut, overlap)
     return out
 
 
 def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n: int, cfg, weights: RankWeights,
-                generator, cut: SentenceCut | None) -> list[list[dict]]:
+                generator, cut: SentenceCut | None, overlap: Overlap | None) -> list[list[dict]]:
     from nlp.decoding import sample_from_state
 
     B = src.shape[0]
@@ -195,12 +244,14 @@ def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n
     head = None
     if has_head(model):
         head = head_scores(model, state["pooled"].index_select(0, owner[rows]), flat).cpu()
-    comp = Components(loglik[rows], head)
+    shared = overlap([prompts[row // n] for row in rows], flat) if overlap and weights.overlap else None
+    comp = Components(loglik[rows], head, shared)
     prior = prior_loglik(model, flat) if needs_prior(weights) else None
     scores = combine(comp, weights, prior)
     cands = [{"ids": ids, "score": float(scores[k]), "loglik": float(comp.loglik[k]),
               "head": None if comp.head is None else float(comp.head[k]),
-              "prior": None if prior is None else float(prior[k])} for k, ids in enumerate(flat)]
+              "prior": None if prior is None else float(prior[k]),
+              "overlap": None if shared is None else float(shared[k])} for k, ids in enumerate(flat)]
     out, k = [], 0
     for g in groups:  # each prompt's candidates are consecutive in flat
         out.append(sorted(cands[k:k + len(g)], key=lambda c: -c["score"]))

@@ -30,7 +30,7 @@ from nlp.decoding import (
     stream_text,
 )
 from nlp.models import half_step_weights, native_bf16, transposed_weights
-from nlp.ranking import RankWeights, SentenceCut, sample_and_rank
+from nlp.ranking import Overlap, RankWeights, SentenceCut, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
@@ -90,7 +90,8 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
             yield reply.text
             return
         if cfg.strategy == "sample" and cfg.num_candidates > 1:  # sample-and-rank: the best comes at once
-            ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator, sentence_cut(ck, cfg))[0]
+            ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator, sentence_cut(ck, cfg),
+                                     Overlap.of(ck.tokenizer))[0]
             reply.candidates = [{"text": decode_text(ck.tokenizer, c["ids"]),
                                  **{k: v for k, v in c.items() if k != "ids"}} for c in ranked]
             best = ranked[0]["ids"]
@@ -145,14 +146,18 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
     return ck
 
 
-def sentence_cut(ck: Checkpoint, cfg: GenerationConfig) -> SentenceCut | None:
-    """For a chat model that records the reply length it was trained on (train.max_tgt_len, EOS included): its
-    replies that run into that length are cut back to their last full sentence (SentenceCut says why), unless
-    the decoding says to keep them (cfg.cut_unfinished)."""
+def trained_length_cut(ck: Checkpoint) -> SentenceCut | None:
+    """For a chat model that records the reply length it was trained on (train.max_tgt_len, EOS included): the
+    cut of its replies that run into that length back to their last full sentence (SentenceCut says why)."""
     limit = ck.config.get("train", {}).get("max_tgt_len")
-    if ck.task != "chat" or not cfg.cut_unfinished or not is_whole(limit) or limit < 2:
+    if ck.task != "chat" or not is_whole(limit) or limit < 2:
         return None
     return SentenceCut(limit - 1, ck.tokenizer.sentence_ends)
+
+
+def sentence_cut(ck: Checkpoint, cfg: GenerationConfig) -> SentenceCut | None:
+    """`trained_length_cut`, unless the decoding says to keep unfinished replies (cfg.cut_unfinished)."""
+    return trained_length_cut(ck) if cfg.cut_unfinished else None
 
 
 def ranking_weights(ck: Checkpoint) -> RankWeights:

@@ -60,6 +60,20 @@ class Tokenizer:
                          if not self.sp.is_control(i) and not self.sp.is_byte(i)
                          and _SENTENCE_END.search(self.sp.id_to_piece(i)))
 
+    @functools.cached_property
+    def piece_information(self) -> list[float]:
+        """Each piece's information, -log p(piece) under the SentencePiece unigram model (its stored score):
+        rare pieces carry more. 0 for special and byte pieces, and for every piece of a model of another type
+        (a BPE model stores merge ranks, no probabilities)."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        proto = pb.ModelProto()
+        proto.ParseFromString(self.model_bytes)
+        if proto.trainer_spec.model_type != pb.TrainerSpec.UNIGRAM:
+            return [0.0] * self.vocab_size
+        return [0.0 if self.sp.is_control(i) or self.sp.is_byte(i) or self.sp.is_unknown(i)
+                else max(0.0, -self.sp.get_score(i)) for i in range(self.vocab_size)]
+
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from nlp import metrics as M  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.evaluate import chat_reply_ids, chat_rows  # noqa: E402
-from nlp.serve import default_decoding, open_checkpoint, ranking_weights, sentence_cut  # noqa: E402
+from nlp.serve import default_decoding, open_checkpoint, ranking_weights, trained_length_cut  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     a = p.parse_args()
     ck = open_checkpoint(a.checkpoint, "chat")
     gen, weights = default_decoding(ck), ranking_weights(ck)
-    limit = sentence_cut(ck, dataclasses.replace(gen, cut_unfinished=True))
+    limit = trained_length_cut(ck)
     if limit is None:
         sys.exit("this checkpoint does not record the reply length it was trained on (train.max_tgt_len)")
     ds, examples, _ = chat_rows(ck, load_corpus(a.corpus), a.split, a.rows, 0)

@@ -109,6 +109,45 @@ def test_combine_weights_each_component():
                                torch.tensor([-0.5, 2.0]))
 
 
+def test_combine_adds_the_weighted_overlap():
+    comp = R.Components(loglik=torch.tensor([-1.0, -2.0]), head=None, overlap=torch.tensor([0.1, 0.5]))
+    assert R.combine(comp, R.RankWeights(likelihood=1), None).argmax() == 0
+    torch.testing.assert_close(R.combine(comp, R.RankWeights(likelihood=1, overlap=4), None), torch.tensor([-0.6, 0.0]))
+
+
+def test_overlap_is_the_cosine_of_weighted_sublinear_piece_counts():
+    import math
+
+    ov = R.Overlap([0.0, 1.0, 2.0, 3.0])
+    got = ov([[1, 2, 2, 0], [1, 2, 2, 0], [0]], [[2, 3], [3, 3], [1]])
+    ctx = {1: 1.0, 2: (1 + math.log(2)) * 2.0}  # piece 0 weighs nothing
+    reply = {2: 2.0, 3: 3.0}
+    norm = math.sqrt(sum(v * v for v in ctx.values())) * math.sqrt(sum(v * v for v in reply.values()))
+    torch.testing.assert_close(got, torch.tensor([ctx[2] * reply[2] / norm, 0.0, 0.0]))
+
+
+def test_overlap_favours_a_reply_that_shares_the_rare_words_of_its_context():
+    from nlp.tokenizer import SEP, Tokenizer
+
+    tok = Tokenizer.load(Path(__file__).resolve().parent.parent / "checkpoints" / "tokenizer.model")
+    ov = R.Overlap.of(tok)
+    info = tok.piece_information
+    assert ov.piece_weights[SEP] == 0 and info[tok.encode(" hiking")[-1]] > info[tok.encode(" the")[-1]] > 0
+    ctx = tok.encode_turns(["Hi! How was your weekend?", "I went hiking in the mountains."], 64)
+    on_topic, generic = tok.encode("Which mountains? I love hiking."), tok.encode("I went to the store.")
+    a, b = ov([ctx, ctx], [on_topic, generic])
+    assert 0 < b < a <= 1
+
+
+def test_piece_information_needs_a_unigram_tokenizer(tmp_path):
+    from nlp.tokenizer import train_tokenizer
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "hiking in the hills"] * 30
+    unigram = train_tokenizer(texts, vocab_size=300)
+    assert max(unigram.piece_information) > 0 and unigram.piece_information[0] == 0
+    assert set(train_tokenizer(texts, vocab_size=300, model_type="bpe").piece_information) == {0.0}
+
+
 def test_derangement_and_candidates_are_seeded_and_never_pick_the_row_itself():
     perm = derangement(50, random.Random(3))
     assert sorted(perm) == list(range(50)) and all(p != i for i, p in enumerate(perm))
@@ -233,6 +272,23 @@ def test_eval_reports_hits_at_1_context_gain_and_the_tfidf_ranking(trained):
     assert result["decoding"]["max_new_tokens"] == default_decoding(ck).max_new_tokens
 
 
+def test_hits_at_1_ranks_by_the_checkpoints_own_score_overlap_included(trained):
+    """With only the overlap term weighed, eval's Hits@1 is that of the overlap alone on the same candidates."""
+    from nlp.corpora import load_corpus
+    from nlp.evaluate import RANK_CANDIDATES, chat_rows
+
+    ck = load_checkpoint(trained["chat"])
+    ck.config["decoding"] = {"ranking": {"head": 0.0, "likelihood": 0.0, "mi": 0.0, "overlap": 1.0}}
+    m = evaluate(ck, str(CHAT), "test", max_examples=30)["metrics"]
+    _, examples, _ = chat_rows(ck, load_corpus(str(CHAT)), "test", 30, 0)
+    k = min(RANK_CANDIDATES, len(examples))
+    cands, truth = ranking_candidates(len(examples), k, random.Random(1))
+    ov = R.Overlap.of(ck.tokenizer)
+    scores = ov([e.src for e, idx in zip(examples, cands) for _ in idx], [examples[j].tgt for idx in cands
+                                                                          for j in idx]).view(-1, k)
+    assert m["hits_at_1"] == pytest.approx(float((scores.argmax(1) == torch.tensor(truth)).float().mean()))
+
+
 def test_sample_and_rank_returns_distinct_candidates_best_first(trained):
     ck = load_checkpoint(trained["chat"])
     prompt = ck.tokenizer.encode_turns(["hi, how are you?"], 96)
@@ -248,6 +304,12 @@ def test_sample_and_rank_returns_distinct_candidates_best_first(trained):
             assert c["score"] == pytest.approx(c["head"] + c["loglik"] - 0.5 * c["prior"], abs=1e-4)
     again = R.sample_and_rank(ck.model, [prompt, prompt], cfg, weights, make_generator(0))
     assert [c["ids"] for c in again[0]] == [c["ids"] for c in ranked[0]]
+    # with the overlap term: its own column, in the score, measured against the prompt
+    ov = R.Overlap.of(ck.tokenizer)
+    weights.overlap = 3.0
+    for c in R.sample_and_rank(ck.model, [prompt], cfg, weights, make_generator(0), overlap=ov)[0]:
+        assert c["overlap"] == pytest.approx(float(ov([prompt], [c["ids"]])[0]))
+        assert c["score"] == pytest.approx(c["head"] + c["loglik"] - 0.5 * c["prior"] + 3 * c["overlap"], abs=1e-4)
 
 
 def test_sentence_cut_trims_only_replies_that_ran_into_the_length_limit():
@@ -341,7 +403,7 @@ def test_tune_chat_chooses_on_validation_and_the_choice_becomes_the_default(trai
                  "--write"]) == 0
     result = json.loads(capsys.readouterr().out)
     grid_best = max(g["hits_at_1"] for g in result["grid"])
-    assert result["decoding"]["ranking"] in [{k: g[k] for k in ("head", "likelihood", "mi")}
+    assert result["decoding"]["ranking"] in [{k: g[k] for k in ("head", "likelihood", "mi", "overlap")}
                                              for g in result["grid"] if g["hits_at_1"] == grid_best]
     # the temperature: the best mean F1 among those whose replies keep distinct-2 at the bar
     temps = {float(t): v for t, v in result["temperature"].items()}

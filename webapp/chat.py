@@ -50,13 +50,15 @@ def candidates_table(message: dict):
 
     rows = [{"reply": c["text"], "score": round(c["score"], 3), "mean log p(reply | context)": round(c["loglik"], 3),
              **({"next-reply head": round(c["head"], 3)} if c.get("head") is not None else {}),
-             **({"mean log p(reply)": round(c["prior"], 3)} if c.get("prior") is not None else {})}
+             **({"mean log p(reply)": round(c["prior"], 3)} if c.get("prior") is not None else {}),
+             **({"overlap with the conversation": round(c["overlap"], 3)} if c.get("overlap") is not None else {})}
             for c in message["candidates"]]
     with st.expander(f"Candidates ({len(rows)} distinct of those sampled, best first)"):
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.caption("score = the ranking the model was tuned to on validation data: its next-reply head, plus "
                    "the reply's likelihood given the conversation minus a share of its likelihood without it "
-                   "(so replies that fit any conversation lose their edge).")
+                   "(so replies that fit any conversation lose their edge), plus how many of the "
+                   "conversation's less common words the reply shares (0 to 1).")
 
 
 def details(message: dict):
