@@ -140,6 +140,26 @@ def test_sample_and_rank_lists_the_candidates_under_the_reply(checkpoints):
     assert len(reply["attention"]) == len(reply["reply_tokens"])
 
 
+def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, tmp_path, monkeypatch):
+    import shutil
+
+    from nlp.checkpoint import update_config
+
+    own = tmp_path / "own"
+    shutil.copytree(checkpoints / "chat", own / "chat")
+    update_config(own / "chat", decoding={"num_candidates": 6, "ranking": {"likelihood": 1.0, "overlap": 5.0}})
+    for task in ("lm", "sentiment"):
+        (own / task).symlink_to(checkpoints / task)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+    at = page("chat.py").run()
+    at.text_input(key="chat-seed").set_value("3").run()
+    say(at, "what do you do for fun?")
+    cands = at.session_state.chat[-1]["candidates"]
+    assert all(0 <= c["overlap"] <= 1 + 1e-6 and c["score"] == pytest.approx(c["loglik"] + 5 * c["overlap"], abs=1e-4)
+               for c in cands)
+    assert "overlap with the conversation" in at.dataframe[0].value.columns
+
+
 def test_the_sliders_start_from_the_checkpoints_default_decoding(checkpoints, tmp_path, monkeypatch):
     """A chat checkpoint whose config.json names a default decoding (what `tune-chat --write` stores) opens
     the page with it, so the app, the CLI and `eval` decode alike."""
