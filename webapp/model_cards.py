@@ -85,5 +85,10 @@ for task, title in NAMES.items():
                 if isinstance(values, dict):
                     table[str(base).replace("_", " ")] = numbers(values)
             st.dataframe(pd.DataFrame(table, dtype=object).fillna(""), width="stretch")
+        if task == "chat":
+            st.caption("Hits at 1: how often the true reply comes first among 20 replies (19 from other "
+                       "conversations), ranked by the score the Chat page ranks its candidates with: the model's "
+                       "next-reply head and likelihoods plus the reply's word overlap with the conversation "
+                       "(weights under Default decoding). The TF-IDF ranking baseline: by TF-IDF word overlap alone.")
     else:
         st.caption(f"No results in {METRICS} yet: `python -m nlp eval --checkpoint {path} --corpus ... --split test`.")
