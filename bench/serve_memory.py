@@ -53,15 +53,12 @@ def worker(kind: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from webapp.__main__ import lean_memory
 
-    lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
+    if kind == "chat-mmap-1mb":  # lean_memory's malloc settings before: every block over 1 MB mapped afresh, and
+        lean_memory(mmap_threshold=1 << 20, trim_threshold=128 << 10)  # glibc's trim default, which that kept
+    else:
+        lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
     if kind == "chat-mkl-buffers-kept":
         os.environ.pop("MKL_DISABLE_FAST_MM")  # before torch loads, so MKL keeps its default
-    if kind == "chat-mmap-1mb":  # lean_memory's malloc settings before: every block over 1 MB mapped afresh
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD: glibc's default, which fixing the threshold kept
     import altair  # noqa: F401 - what the server holds anyway
     import pandas  # noqa: F401
     import streamlit  # noqa: F401

@@ -140,17 +140,21 @@ def test_sample_and_rank_lists_the_candidates_under_the_reply(checkpoints):
     assert len(reply["attention"]) == len(reply["reply_tokens"])
 
 
-def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, tmp_path, monkeypatch):
-    import shutil
-
+def with_chat_decoding(checkpoints: Path, tmp_path: Path, monkeypatch, decoding: dict) -> None:
+    """Serve a copy of the chat checkpoint whose config.json names `decoding` (what `tune-chat --write` stores)."""
     from nlp.checkpoint import update_config
 
     own = tmp_path / "own"
     shutil.copytree(checkpoints / "chat", own / "chat")
-    update_config(own / "chat", decoding={"num_candidates": 6, "ranking": {"likelihood": 1.0, "overlap": 5.0}})
+    update_config(own / "chat", decoding=decoding)
     for task in ("lm", "sentiment"):
         (own / task).symlink_to(checkpoints / task)
     monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+
+
+def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, tmp_path, monkeypatch):
+    with_chat_decoding(checkpoints, tmp_path, monkeypatch,
+                       {"num_candidates": 6, "ranking": {"likelihood": 1.0, "overlap": 5.0}})
     at = page("chat.py").run()
     at.text_input(key="chat-seed").set_value("3").run()
     say(at, "what do you do for fun?")
@@ -163,17 +167,8 @@ def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, 
 def test_the_sliders_start_from_the_checkpoints_default_decoding(checkpoints, tmp_path, monkeypatch):
     """A chat checkpoint whose config.json names a default decoding (what `tune-chat --write` stores) opens
     the page with it, so the app, the CLI and `eval` decode alike."""
-    import shutil
-
-    from nlp.checkpoint import update_config
-
-    own = tmp_path / "own"
-    shutil.copytree(checkpoints / "chat", own / "chat")
-    update_config(own / "chat", decoding={"num_candidates": 5, "temperature": 0.7,
-                                          "ranking": {"head": 1.0, "likelihood": 0.5, "mi": 0.25}})
-    for task in ("lm", "sentiment"):
-        (own / task).symlink_to(checkpoints / task)
-    monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+    with_chat_decoding(checkpoints, tmp_path, monkeypatch, {"num_candidates": 5, "temperature": 0.7,
+                                                            "ranking": {"head": 1.0, "likelihood": 0.5, "mi": 0.25}})
     at = page("chat.py").run()
     assert at.slider(key="chat-candidates").value == 5 and at.slider(key="chat-temperature").value == 0.7
 

@@ -61,7 +61,7 @@ def not_from_preload(record: logging.LogRecord) -> bool:
     return record.threadName != "preload-models"
 
 
-def lean_memory(arenas: int = 2) -> None:
+def lean_memory(arenas: int = 2, mmap_threshold: int = 2 << 20, trim_threshold: int = 8 << 20) -> None:
     """Memory settings for a server whose sessions each run tensor work in a thread of their own; call it before
     torch is imported (MKL reads its setting when torch loads). Elsewhere than glibc and MKL builds the parts
     that do not apply do nothing.
@@ -81,8 +81,8 @@ def lean_memory(arenas: int = 2) -> None:
         # MKL, its buffers freed after each call, then mapped 1-2 MB afresh for every matrix product, and the page
         # faults made a 16-candidate chat reply 1.3x slower. M_TRIM_THRESHOLD 8 MB: an arena keeps that much free
         # at its top instead of returning it after each product (the default once the threshold is fixed: 128 KB)
-        libc.mallopt(-3, 2 << 20)
-        libc.mallopt(-1, 8 << 20)
+        libc.mallopt(-3, mmap_threshold)
+        libc.mallopt(-1, trim_threshold)
     except (AttributeError, OSError):
         pass
 
