@@ -452,42 +452,84 @@ def sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig,
     model.eval()
     src, src_len = pad(prompts)
     return sample_from_state(model, model.start(src.to(next(model.parameters()).device), src_len), cfg,
-                             generator)[0]
+                             generator).ids
+
+
+@dataclass
+class Draws:
+    """The replies `sample_from_state` drew, one per row, and the model's log-probabilities read off the steps
+    that drew them (before temperature, filters and bans): what ranking needs, without a teacher-forced pass.
+
+    token_logp[r][t] is log p(token t | what came before) and eos_logp[r][t] is log p(EOS) at the same place,
+    so row r has len(ids[r]) + 1 EOS entries, the last its own end (drawn, or scored by one more step when
+    max_new_tokens cut it). shadow_*: the same numbers for the same tokens under the shadow rows' states
+    (`sample_from_state(..., shadowed=True)`), e.g. an empty context for the mutual-information prior."""
+    ids: list[list[int]]
+    token_logp: list[list[float]]
+    eos_logp: list[list[float]]
+    shadow_token_logp: list[list[float]] | None = None
+    shadow_eos_logp: list[list[float]] | None = None
+
+    def mean_logprob(self, row: int, length: int | None = None, shadow: bool = False) -> float:
+        """Row's mean log-probability per token of its first `length` tokens (default: all) and then EOS: what
+        teacher forcing scores for reply[:length] + EOS, so a reply cut back after drawing is scored as cut."""
+        tokens, eos = ((self.shadow_token_logp, self.shadow_eos_logp) if shadow else
+                       (self.token_logp, self.eos_logp))
+        k = len(self.ids[row]) if length is None else length
+        return (math.fsum(tokens[row][:k]) + eos[row][k]) / (k + 1)
 
 
 @torch.no_grad()
-def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torch.Generator | None = None) \
-        -> tuple[list[list[int]], Tensor]:
-    """One reply per row of an encoded chat state (B rows; sample-and-rank repeats a context's row for its
-    candidates), and each reply's mean log-probability per token, EOS included, under the model itself (before
-    temperature, filters and bans): the likelihood that ranking needs, read off the steps that drew the reply
-    instead of recomputed by a second, teacher-forced pass. A reply cut at max_new_tokens takes one more step
-    for its EOS, as scoring reply + EOS would."""
+def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torch.Generator | None = None,
+                      shadowed: bool = False) -> Draws:
+    """One reply per row of an encoded chat state (sample-and-rank repeats a context's row for its candidates),
+    with each token's log-probability and each position's EOS log-probability under the model (`Draws`).
+
+    shadowed: the state's second half of rows shadows its first: shadow row B + r draws nothing; it is fed
+    row r's tokens and records their log-probabilities under its own state, in the same batched steps (for
+    sample-and-rank, an empty context: p(reply) for the mutual-information score, without a pass of its own)."""
     device = state["memory"].device
-    B = state["memory"].shape[0]
-    log_probs, state = model.step(torch.full((B,), BOS, device=device), state)
+    rows_in = state["memory"].shape[0]
+    B = rows_in // 2 if shadowed else rows_in
+    log_probs, state = model.step(torch.full((rows_in,), BOS, device=device), state)
     out: list[list[int]] = [[] for _ in range(B)]
-    total = torch.zeros(B, device=device)  # summed log p of each row's tokens so far
+    token_logp: list[list[float]] = [[] for _ in range(B)]
+    eos_logp: list[list[float]] = [[] for _ in range(B)]
+    shadow_token: list[list[float]] = [[] for _ in range(B)]
+    shadow_eos: list[list[float]] = [[] for _ in range(B)]
     active = list(range(B))  # rows still writing; finished rows leave the batch, so each step is cheaper
     adjuster = ScoreAdjuster(cfg, out, log_probs.shape[1], device)
     for step in range(cfg.max_new_tokens + 1):
+        m = len(active)
         if step == cfg.max_new_tokens:  # the rows still open were cut: score their EOS
-            total[active] += log_probs[:, EOS]
+            ends = log_probs[:, EOS].tolist()
+            for pos, i in enumerate(active):
+                eos_logp[i].append(ends[pos])
+                if shadowed:
+                    shadow_eos[i].append(ends[m + pos])
             break
-        toks = choose(adjuster(log_probs), cfg, generator)
-        rows = torch.tensor(active, device=device)
-        total.index_add_(0, rows, log_probs.gather(1, torch.tensor(toks, device=device).unsqueeze(1)).squeeze(1))
+        toks = choose(adjuster(log_probs[:m]), cfg, generator)
+        fed = toks + toks if shadowed else toks
+        picked = log_probs.gather(1, torch.tensor([[t, EOS] for t in fed], device=device)).tolist()
         keep = []
         for pos, (i, t) in enumerate(zip(active, toks)):
+            eos_logp[i].append(picked[pos][1])
+            if shadowed:
+                shadow_eos[i].append(picked[m + pos][1])
             if t != EOS:
                 out[i].append(t)
+                token_logp[i].append(picked[pos][0])
+                if shadowed:
+                    shadow_token[i].append(picked[m + pos][0])
                 keep.append(pos)
         if not keep:
             break
-        if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
-            state, active, toks = _reorder(state, idx), [active[p] for p in keep], [toks[p] for p in keep]
+        if len(keep) < m:
+            rows = keep + [m + p for p in keep] if shadowed else keep
+            state = _reorder(state, torch.tensor(rows, device=device))
+            active, toks = [active[p] for p in keep], [toks[p] for p in keep]
         adjuster.advance(keep, toks)
-        log_probs, state = model.step(torch.tensor(toks, device=device), state)
-    lengths = torch.tensor([len(r) + 1 for r in out], device=device, dtype=total.dtype)
-    return out, (total / lengths).cpu()
+        log_probs, state = model.step(torch.tensor(toks + toks if shadowed else toks, device=device), state)
+    if not shadowed:
+        return Draws(out, token_logp, eos_logp)
+    return Draws(out, token_logp, eos_logp, shadow_token, shadow_eos)

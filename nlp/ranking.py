@@ -20,6 +20,7 @@ under "decoding", beside the number of sampled candidates.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -73,7 +74,8 @@ class Overlap:
 
     @classmethod
     def of(cls, tokenizer) -> Overlap:
-        return cls([w * w for w in tokenizer.piece_information])
+        """The overlap under `tokenizer`'s pieces, built once per tokenizer (a chat reply reuses it)."""
+        return _overlap_of(tokenizer)
 
     def vector(self, ids: list[int]) -> tuple[dict[int, float], float]:
         """The weighted bag of a text's pieces (sparse) and its length."""
@@ -94,6 +96,11 @@ class Overlap:
             dot = sum(x * cv.get(t, 0.0) for t, x in rv.items())
             out.append(dot / (cn * rn) if cn and rn else 0.0)
         return torch.tensor(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _overlap_of(tokenizer) -> Overlap:
+    return Overlap([w * w for w in tokenizer.piece_information])
 
 
 def _device(model) -> torch.device:
@@ -200,19 +207,19 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
     {"ids", "score", "loglik", "head", "prior", "overlap"}. With `cut`, the candidates are the cut replies,
     scored as such; `overlap` measures what weights.overlap weighs (without it that term is left out).
 
-    Each context is encoded once and its state repeated for its candidates; their likelihood comes from the
-    sampling steps themselves (`sample_from_state`), so only the prior (an empty context), the head and any
-    cut reply need passes of their own. On the CPU one batch of prompts is ranked at a time per process
-    (`fused_turn`)."""
+    Each context is encoded once and its state repeated for its candidates. Their likelihood, a cut reply's
+    included, comes from the sampling steps themselves (`sample_from_state`), and so does the prior: an empty
+    context, encoded beside the prompts, shadows every candidate in the same batched steps. Only the head needs
+    a pass of its own (the encoder over the replies). On the CPU one batch of prompts is ranked at a time per
+    process (`fused_turn`)."""
     model.eval()
-    dev = _device(model)
     n = max(1, cfg.num_candidates)
     per_batch = max(1, 256 // n)
     out: list[list[dict]] = []
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
-        src, src_len = pad(chunk)
-        src = src.to(dev)
+        src, src_len = pad(chunk + ([EMPTY_CONTEXT] if needs_prior(weights) else []))
+        src = src.to(_device(model))
         with fused_turn(src):
             out += _rank_batch(model, chunk, src, src_len, n, cfg, weights, generator, cut, overlap)
     return out
@@ -220,19 +227,18 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
 
 def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n: int, cfg, weights: RankWeights,
                 generator, cut: SentenceCut | None, overlap: Overlap | None) -> list[list[dict]]:
+    """src: the prompts, padded, and after them the empty context when the prior is weighed."""
     from nlp.decoding import sample_from_state
 
-    B = src.shape[0]
+    B = len(prompts)
+    shadowed = src.shape[0] > B
     state = model.encode(src, src_len)
     owner = torch.arange(B, device=src.device).repeat_interleave(n)
-    sampled, loglik = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg,
-                                        generator)
-    if cut is not None:
-        whole, sampled = sampled, [cut(ids) for ids in sampled]
-        cut_rows = [row for row, ids in enumerate(sampled) if len(ids) < len(whole[row])]
-        if cut_rows:  # the sampling steps scored the whole reply: score the cut one
-            loglik[cut_rows] = components(model, [prompts[row // n] for row in cut_rows],
-                                          [[sampled[row]] for row in cut_rows]).loglik
+    if shadowed:  # every candidate's row, then its shadow under the empty context (row B of the state)
+        owner = torch.cat([owner, torch.full_like(owner, B)])
+    draws = sample_from_state(model, {k: v.index_select(0, owner) for k, v in state.items()}, cfg, generator,
+                              shadowed)
+    sampled = [cut(ids) for ids in draws.ids] if cut is not None else draws.ids
     groups: list[list[int]] = []  # per prompt, the row of each distinct candidate
     for i in range(B):
         seen: dict[tuple, int] = {}
@@ -245,8 +251,10 @@ def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n
     if has_head(model):
         head = head_scores(model, state["pooled"].index_select(0, owner[rows]), flat).cpu()
     shared = overlap([prompts[row // n] for row in rows], flat) if overlap and weights.overlap else None
-    comp = Components(loglik[rows], head, shared)
-    prior = prior_loglik(model, flat) if needs_prior(weights) else None
+    loglik = torch.tensor([draws.mean_logprob(row, len(sampled[row])) for row in rows])
+    comp = Components(loglik, head, shared)
+    prior = torch.tensor([draws.mean_logprob(row, len(sampled[row]), shadow=True) for row in rows]) \
+        if shadowed else None
     scores = combine(comp, weights, prior)
     cands = [{"ids": ids, "score": float(scores[k]), "loglik": float(comp.loglik[k]),
               "head": None if comp.head is None else float(comp.head[k]),

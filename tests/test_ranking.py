@@ -362,19 +362,35 @@ def test_shipped_tokenizer_knows_which_pieces_end_a_sentence():
 @pytest.mark.parametrize("max_new_tokens", [3, 30])
 def test_sampling_reads_off_the_likelihood_that_teacher_forcing_computes(trained, max_new_tokens):
     """sample-and-rank takes each candidate's likelihood from the steps that drew it: the same number as scoring
-    the reply + EOS by teacher forcing, for replies that ended and for replies cut at max_new_tokens, whatever
-    the temperature and penalties that shaped the draw."""
+    the reply + EOS by teacher forcing, for replies that ended, for replies cut at max_new_tokens and for
+    replies cut back afterwards, whatever the temperature and penalties that shaped the draw; and shadow rows
+    fed the same tokens under an empty context give the prior that `prior_loglik` computes."""
     ck = load_checkpoint(trained["chat"])
     prompts = [ck.tokenizer.encode_turns([t], 96) for t in ("hi, how are you?", "what do you do for work?")]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.3, repetition_penalty=1.3)
-    src, src_len = pad(prompts)
+    src, src_len = pad(prompts + [R.EMPTY_CONTEXT])
     state = ck.model.encode(src, src_len)
     owner = torch.tensor([0] * 6 + [1] * 6)
-    replies, loglik = sample_from_state(ck.model, {k: v[owner] for k, v in state.items()}, cfg, make_generator(3))
+    draws = sample_from_state(ck.model, {k: v[owner] for k, v in state.items()}, cfg, make_generator(3))
+    replies = draws.ids
     cut = [len(r) == max_new_tokens for r in replies]
     assert len(replies) == 12 and (any(cut) if max_new_tokens == 3 else not all(cut))
     expected = R.components(ck.model, prompts, [replies[:6], replies[6:]]).loglik
-    torch.testing.assert_close(loglik, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([draws.mean_logprob(r) for r in range(12)]), expected, atol=1e-4,
+                               rtol=0)
+    halves = [r[:len(r) // 2] for r in replies]
+    torch.testing.assert_close(torch.tensor([draws.mean_logprob(r, len(h)) for r, h in enumerate(halves)]),
+                               R.components(ck.model, prompts, [halves[:6], halves[6:]]).loglik, atol=1e-4, rtol=0)
+
+    shadowed = sample_from_state(ck.model, {k: v[torch.cat([owner, torch.full_like(owner, 2)])]
+                                            for k, v in state.items()}, cfg, make_generator(3), shadowed=True)
+    assert len(shadowed.ids) == 12  # the shadows draw nothing
+    halves = [r[:len(r) // 2] for r in shadowed.ids]
+    torch.testing.assert_close(torch.tensor([shadowed.mean_logprob(r, shadow=True) for r in range(12)]),
+                               R.prior_loglik(ck.model, shadowed.ids), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([shadowed.mean_logprob(r, len(h), shadow=True)
+                                             for r, h in enumerate(halves)]),
+                               R.prior_loglik(ck.model, halves), atol=1e-4, rtol=0)
 
 
 def test_chat_reply_with_candidates_lists_them_and_maps_attention(trained):
