@@ -97,8 +97,9 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
             best = ranked[0]["ids"]
             reply.text = decode_text(ck.tokenizer, best)
             reply.reply_tokens = ck.tokenizer.pieces(best)
-            reply.attention = [[round(float(w), 4) for w in row] for row in reply_attention(ck.model, ids, best)]
             yield reply.text
+            # after the text, which need not wait for it (the stream ends once the attention map is in)
+            reply.attention = [[round(float(w), 4) for w in row] for row in reply_attention(ck.model, ids, best)]
             return
         out_ids: list[int] = []
 
@@ -141,6 +142,9 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
         raise CheckpointError(f"{where}: a damaged \"decoding\" or \"neutral\" entry ({e}); delete that entry "
                               "to use the defaults") from None
     transposed_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
+    if ck.task == "chat":  # what the first reply would compute: the pieces that end a sentence, the overlap's weights
+        trained_length_cut(ck)
+        Overlap.of(ck.tokenizer)
     if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and native_bf16():
         half_step_weights(ck.model)
     return ck

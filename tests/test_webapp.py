@@ -320,16 +320,28 @@ def test_the_chat_box_is_drawn_before_the_model_loads(checkpoints, monkeypatch):
     message sent meanwhile waits for the load, not the box for the model."""
     import streamlit
 
+    import nlp.serve
     import ui
 
+    ui.load_cached.clear()
     calls = []
-    box, load = streamlit.chat_input, ui.open_checkpoint
+    box, load = streamlit.chat_input, nlp.serve.open_checkpoint
     monkeypatch.setattr(streamlit, "chat_input", lambda *a, **k: calls.append("box") or box(*a, **k))
-    monkeypatch.setattr(ui, "open_checkpoint", lambda *a: calls.append("load") or load(*a))
+    monkeypatch.setattr(nlp.serve, "open_checkpoint", lambda *a: calls.append("load") or load(*a))
     at = page("chat.py").run()
     assert not at.exception and calls == ["box", "load"]
     say(at, "Hello there")
     assert at.chat_message[-1].name == "assistant" and calls == ["box", "load", "box"]
+
+
+def test_the_pages_shared_module_does_not_import_torch():
+    """The Chat page draws its box before it imports the library: `ui`, which it imports first, must not pull
+    in torch (1-2 s on a cold start)."""
+    import subprocess
+
+    code = "import sys; sys.path[:0] = ['webapp']; import ui; print('torch' in sys.modules, 'nlp.serve' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=WEBAPP.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_a_missing_checkpoint_says_how_to_rebuild_and_other_pages_work(checkpoints):

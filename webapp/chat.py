@@ -2,8 +2,6 @@
 
 import streamlit as st
 
-from nlp.decoding import GenerationError, make_generator
-from nlp.serve import chat_reply, strip_control
 from ui import (
     FIRST_REPLY,
     MAX_CHAT_MESSAGES,
@@ -18,6 +16,12 @@ st.title("Chat")
 # The chat box first (Streamlit pins it to the bottom wherever it is called): on a cold start it shows while the
 # model is still loading, and a message sent meanwhile waits for the load instead of for the page
 prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
+
+# The library only now (`ui` does not import it): on a cold start torch's import is still under way, and the box
+# above is on its way to the browser meanwhile
+from nlp.decoding import GenerationError, make_generator  # noqa: E402
+from nlp.serve import chat_reply, strip_control  # noqa: E402
+
 ck = model_or_stop("chat")
 cfg, seed = decoding_controls("chat", ck)
 turns = ck.config.get("train", {}).get("context_turns", 3)
@@ -83,7 +87,12 @@ def respond() -> None:
     with st.chat_message("assistant"):
         try:
             reply = chat_reply(ck, [m["content"] for m in chat], cfg, make_generator(seed))
-            st.write_stream(plain(piece) for piece in reply.stream)
+            # Streamed by hand, as st.write_stream does it: that checks whether its argument is a dataframe first,
+            # and the check imports pandas (0.4 s), which the process's first reply would wait for
+            shown, text = st.empty(), ""
+            for piece in reply.stream:
+                text += plain(piece)
+                shown.markdown(text)
             FIRST_REPLY.set()
         except GenerationError as e:
             chat.pop()  # the message gets no reply: take it back, so the chat still alternates

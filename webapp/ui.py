@@ -1,6 +1,8 @@
 """What the pages share: loading checkpoints once per process, decoding controls, limits, plain-text output.
 
 Pages call the library (nlp.serve, nlp.checkpoint) and format what it returns; no tensor code lives here.
+Importing this module does not import the library (nor torch, 1-2 s on a cold start): the functions that need
+it import it when called, so the Chat page draws its box before torch has loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -17,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run webapp/app.py` puts webapp/, not the repository, on the path
     sys.path.insert(0, str(ROOT))
 
-from nlp.checkpoint import Checkpoint, CheckpointError  # noqa: E402
-from nlp.decoding import GenerationConfig, GenerationError  # noqa: E402
-from nlp.serve import default_decoding, open_checkpoint  # noqa: E402
+if TYPE_CHECKING:
+    from nlp.checkpoint import Checkpoint
+    from nlp.decoding import GenerationConfig
 
 
 def checkpoints_dir() -> Path:
@@ -51,11 +54,15 @@ MAX_CHAT_MESSAGES = 60    # kept per session (30 exchanges); older ones leave th
 @st.cache_resource(show_spinner="Loading the model ...")
 def load_cached(path: str, task: str) -> Checkpoint:
     """One loaded model per checkpoint folder and process, shared by every session."""
+    from nlp.serve import open_checkpoint
+
     return open_checkpoint(path, task)
 
 
 def model_or_stop(task: str) -> Checkpoint:
     """The checkpoint for `task`, or a clear message with the rebuild command and an end to this page."""
+    from nlp.checkpoint import CheckpointError
+
     try:
         return load_cached(str(checkpoints_dir() / task), task)
     except CheckpointError as e:
@@ -77,6 +84,9 @@ def plain(text: str) -> str:
 def decoding_controls(key: str, ck: Checkpoint) -> tuple[GenerationConfig, int | None]:
     """Sidebar controls for decoding, starting from the checkpoint's default decoding (the CLI's and `eval`'s
     too); returns the config and the seed (None = random)."""
+    from nlp.decoding import GenerationConfig, GenerationError
+    from nlp.serve import default_decoding
+
     d = default_decoding(ck)
     sb = st.sidebar
     sb.subheader("Decoding")
@@ -130,6 +140,8 @@ WIDGETS = ["strategy", "candidates", "temperature", "top-k", "top-p", "min-p", "
 
 def non_default_settings(key: str, ck: Checkpoint, cfg: GenerationConfig) -> list[str]:
     """The decoding settings that differ from the checkpoint's defaults, as "temperature 2 (default 0.8)"."""
+    from nlp.serve import default_decoding
+
     d = default_decoding(ck)
     out = []
     for field, label in SETTINGS:
