@@ -14,9 +14,10 @@ pandas and altair imported; the shipped LM loaded), with its baseline in the sam
   candidates (the shipped chat model), and the median seconds of one reply with the server to itself. Now (the
   server's settings, webapp.__main__.lean_memory) against three baselines, each undoing one choice: MKL keeping
   each thread's matrix-multiply buffers until it exits (its default; MKL_DISABLE_FAST_MM frees them after each
-  call: a session's thread waiting for its turn held them); every block over 1 MB mapped afresh (lean_memory's
-  malloc threshold before: with MKL's buffers freed after each call, each matrix product then page-faulted 1-5 MB
-  in); the candidates scored over their full (B, T, V) logits (before Seq2Seq.reply_logprob).
+  call: a session's thread waiting for its turn held them); every block over 2 MB mapped afresh (lean_memory's
+  malloc threshold before: with MKL's buffers freed after each call, and the fused LSTM copying a layer's 4 MB
+  weights on each call, a reply page-faulted those blocks in again and again); the candidates scored over their
+  full (B, T, V) logits (before Seq2Seq.reply_logprob).
 Median of --repeats. Linux only (/proc/self/status).
 """
 
@@ -53,8 +54,8 @@ def worker(kind: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from webapp.__main__ import lean_memory
 
-    if kind == "chat-mmap-1mb":  # lean_memory's malloc settings before: every block over 1 MB mapped afresh, and
-        lean_memory(mmap_threshold=1 << 20, trim_threshold=128 << 10)  # glibc's trim default, which that kept
+    if kind == "chat-mmap-2mb":  # lean_memory's malloc settings before: every block over 2 MB mapped afresh
+        lean_memory(mmap_threshold=2 << 20, trim_threshold=8 << 20)
     else:
         lean_memory()  # as `python -m webapp` does first, before torch loads (MKL reads its settings then)
     if kind == "chat-mkl-buffers-kept":
@@ -144,7 +145,7 @@ def main() -> None:
             "what": "mb: rise of peak memory with 8 replies at once; seconds_one_at_a_time: median reply alone",
             "now": measure("chat-now", args.repeats),
             "MKL buffers kept per thread (baseline)": measure("chat-mkl-buffers-kept", args.repeats),
-            "blocks over 1 MB mapped afresh (baseline)": measure("chat-mmap-1mb", args.repeats),
+            "blocks over 2 MB mapped afresh (baseline)": measure("chat-mmap-2mb", args.repeats),
             "scoring over the full logits (baseline)": measure("chat-full-logits", args.repeats)},
     })
 

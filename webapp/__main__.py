@@ -34,7 +34,15 @@ def preload(others_after: float = 30.0) -> None:
         except Exception:  # noqa: BLE001 - the page shows the error (CheckpointError or a bug) to its visitor
             pass
 
-    load("chat")
+    # While torch imports and the chat model loads, the server's thread serves the page to the first visitor:
+    # each time it comes back from a socket it waits for the GIL, up to the switch interval (5 ms) of a thread
+    # that holds it; 0.5 ms meanwhile
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 0.0005))
+    try:
+        load("chat")
+    finally:
+        sys.setswitchinterval(interval)
     ui.FIRST_REPLY.wait(others_after)
     import altair  # noqa: F401 - what the Chat page imports to draw (about 0.5 s)
     import pandas  # noqa: F401
@@ -61,7 +69,7 @@ def not_from_preload(record: logging.LogRecord) -> bool:
     return record.threadName != "preload-models"
 
 
-def lean_memory(arenas: int = 2, mmap_threshold: int = 2 << 20, trim_threshold: int = 8 << 20) -> None:
+def lean_memory(arenas: int = 2, mmap_threshold: int = 16 << 20, trim_threshold: int = 16 << 20) -> None:
     """Memory settings for a server whose sessions each run tensor work in a thread of their own; call it before
     torch is imported (MKL reads its setting when torch loads). Elsewhere than glibc and MKL builds the parts
     that do not apply do nothing.
@@ -76,11 +84,14 @@ def lean_memory(arenas: int = 2, mmap_threshold: int = 2 << 20, trim_threshold: 
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
-        # M_MMAP_THRESHOLD fixed at 2 MB: tensors above it are mapped and unmapped, never kept in an arena (glibc
-        # otherwise raises the threshold after the first large free, and freed tensors stay resident). Not 1 MB:
-        # MKL, its buffers freed after each call, then mapped 1-2 MB afresh for every matrix product, and the page
-        # faults made a 16-candidate chat reply 1.3x slower. M_TRIM_THRESHOLD 8 MB: an arena keeps that much free
-        # at its top instead of returning it after each product (the default once the threshold is fixed: 128 KB)
+        # M_MMAP_THRESHOLD fixed at 16 MB: tensors above it are mapped and unmapped, never kept in an arena (glibc
+        # otherwise raises the threshold after the first large free, and freed tensors stay resident). Lower, the
+        # blocks of 2-16 MB that a reply allocates and frees at once (the fused LSTM's copies of a layer's 4 MB
+        # weights, MKL's buffers, which it frees after each call) were mapped afresh each time, and their page
+        # faults made a 16-candidate chat reply 1.2-1.4x slower at 2 MB, 1.3x more at 1 MB (bench/serve_memory.py);
+        # the 8-session peak is 15 MB higher at 16 MB than at 2 MB (tests/test_browser.py). M_TRIM_THRESHOLD 16 MB: an arena keeps
+        # that much free at its top instead of returning it after each product (the default once the threshold
+        # is fixed: 128 KB)
         libc.mallopt(-3, mmap_threshold)
         libc.mallopt(-1, trim_threshold)
     except (AttributeError, OSError):
