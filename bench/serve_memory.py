@@ -16,8 +16,7 @@ pandas and altair imported; the shipped LM loaded), with its baseline in the sam
   each thread's matrix-multiply buffers until it exits (its default; MKL_DISABLE_FAST_MM frees them after each
   call: a session's thread waiting for its turn held them); every block over 2 MB mapped afresh (lean_memory's
   malloc threshold before: with MKL's buffers freed after each call, and the fused LSTM copying a layer's 4 MB
-  weights on each call, a reply page-faulted those blocks in again and again); the candidates scored over their
-  full (B, T, V) logits (before Seq2Seq.reply_logprob).
+  weights on each call, a reply page-faulted those blocks in again and again).
 Median of --repeats. Linux only (/proc/self/status).
 """
 
@@ -83,11 +82,6 @@ def worker(kind: str) -> dict:
         models._FUSED_CPU_INFERENCE = contextlib.nullcontext()
     if kind.startswith("chat"):
         chat = open_checkpoint(ROOT / "checkpoints" / "chat", "chat")
-        if kind == "chat-full-logits":  # the candidates' scoring before: the output layer over all at once
-            from nlp.models import row_mean_logprob
-
-            chat.model.reply_logprob = lambda state, tgt_in, tgt_out: row_mean_logprob(
-                chat.model.decode(state, tgt_in)[0], tgt_out)
         ranked = dataclasses.replace(default_decoding(chat), num_candidates=CANDIDATES)
 
         def session(seed: int) -> None:  # a reply, then (as the app) its attention map, which waits its turn
@@ -145,8 +139,7 @@ def main() -> None:
             "what": "mb: rise of peak memory with 8 replies at once; seconds_one_at_a_time: median reply alone",
             "now": measure("chat-now", args.repeats),
             "MKL buffers kept per thread (baseline)": measure("chat-mkl-buffers-kept", args.repeats),
-            "blocks over 2 MB mapped afresh (baseline)": measure("chat-mmap-2mb", args.repeats),
-            "scoring over the full logits (baseline)": measure("chat-full-logits", args.repeats)},
+            "blocks over 2 MB mapped afresh (baseline)": measure("chat-mmap-2mb", args.repeats)},
     })
 
 
