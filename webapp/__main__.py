@@ -88,10 +88,10 @@ def lean_memory(arenas: int = 2, mmap_threshold: int = 16 << 20, trim_threshold:
         # otherwise raises the threshold after the first large free, and freed tensors stay resident). Lower, the
         # blocks of 2-16 MB that a reply allocates and frees at once (the fused LSTM's copies of a layer's 4 MB
         # weights, MKL's buffers, which it frees after each call) were mapped afresh each time, and their page
-        # faults made a 16-candidate chat reply 1.2-1.4x slower at 2 MB, 1.3x more at 1 MB (bench/serve_memory.py);
-        # the 8-session peak is 15 MB higher at 16 MB than at 2 MB (tests/test_browser.py). M_TRIM_THRESHOLD 16 MB: an arena keeps
-        # that much free at its top instead of returning it after each product (the default once the threshold
-        # is fixed: 128 KB)
+        # faults made a 16-candidate chat reply 1.2-1.4x slower at 2 MB, 1.3x more at 1 MB
+        # (bench/serve_memory.py); the 8-session peak is 15 MB higher than at 2 MB (tests/test_browser.py).
+        # M_TRIM_THRESHOLD 16 MB: an arena keeps that much free at its top instead of returning it after each
+        # product (the default once the threshold is fixed: 128 KB)
         libc.mallopt(-3, mmap_threshold)
         libc.mallopt(-1, trim_threshold)
     except (AttributeError, OSError):
