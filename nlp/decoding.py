@@ -495,8 +495,8 @@ def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torc
     out: list[list[int]] = [[] for _ in range(B)]
     token_logp: list[list[float]] = [[] for _ in range(B)]
     eos_logp: list[list[float]] = [[] for _ in range(B)]
-    shadow_token: list[list[float]] = [[] for _ in range(B)]
-    shadow_eos: list[list[float]] = [[] for _ in range(B)]
+    shadow_token = [[] for _ in range(B)] if shadowed else None
+    shadow_eos = [[] for _ in range(B)] if shadowed else None
     active = list(range(B))  # rows still writing; finished rows leave the batch, so each step is cheaper
     adjuster = ScoreAdjuster(cfg, out, log_probs.shape[1], device)
     for step in range(cfg.max_new_tokens + 1):
@@ -530,6 +530,4 @@ def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torc
             active, toks = [active[p] for p in keep], [toks[p] for p in keep]
         adjuster.advance(keep, toks)
         log_probs, state = model.step(torch.tensor(toks + toks if shadowed else toks, device=device), state)
-    if not shadowed:
-        return Draws(out, token_logp, eos_logp)
     return Draws(out, token_logp, eos_logp, shadow_token, shadow_eos)
