@@ -154,9 +154,8 @@ def neutral_sentences(texts: list[str], n: int, seed: int = 0, min_words: int = 
     the library on campus.", "Where are you from?"). The rated training sentences are all opinions, so the
     classifier reads a sentence of fact as one too ("The museum opens at 9 am" -> positive); these rows teach
     it that such a sentence rates 0 and leans neither way. Needs vaderSentiment."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from nlp.lexicon import has_opinion
 
-    vader = SentimentIntensityAnalyzer()
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     out, seen = [], set()
@@ -166,7 +165,7 @@ def neutral_sentences(texts: list[str], n: int, seed: int = 0, min_words: int = 
         text = " ".join(texts[i].split())
         if not min_words <= len(text.split()) <= max_words or text.lower() in seen:
             continue
-        if vader.polarity_scores(text)["compound"] == 0:
+        if not has_opinion([text])[0]:
             seen.add(text.lower())
             out.append(text)
     return out

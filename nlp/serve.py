@@ -268,15 +268,19 @@ VERDICTS = ("negative", "positive", NEUTRAL)
 @dataclass(frozen=True)
 class NeutralRule:
     """When the classifier's binary label is not the whole story: the verdict is "neutral / mixed" when the
-    rating head is near zero, the label's probability is low, or (disagree) the rating's sign contradicts
-    the label. The thresholds are chosen on validation data (`python -m nlp tune-sentiment`) and stored in
-    the checkpoint's config.json under "neutral"; the default never says neutral."""
+    rating head is near zero, the label's probability is low, (disagree) the rating's sign contradicts the
+    label, or the text holds no opinion that VADER's lexicon knows and the rating is within
+    no_opinion_rating_below of zero (a statement of fact: the rated training sentences are all opinions, so the
+    classifier reads "The museum opens at 9 am on weekdays." as one, rating +0.93). The thresholds are chosen
+    on validation data (`python -m nlp tune-sentiment`) and stored in the checkpoint's config.json under
+    "neutral"; the default never says neutral."""
     rating_below: float = 0.0
     probability_below: float = 0.5
     disagree: bool = False
+    no_opinion_rating_below: float = 0.0
 
     def __post_init__(self):
-        for name, top in (("rating_below", 4), ("probability_below", 1)):
+        for name, top in (("rating_below", 4), ("probability_below", 1), ("no_opinion_rating_below", 4)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
                 raise ValueError(f"{name} must be a number from 0 to {top}, got {value!r}")
@@ -289,11 +293,13 @@ class NeutralRule:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in stored.items() if k in names})
 
-    def verdict(self, label: int, probability: float, rating: float | None = None) -> str:
+    def verdict(self, label: int, probability: float, rating: float | None = None, opinion: bool = True) -> str:
+        """`opinion`: whether VADER's lexicon finds an opinion in the text (nlp.lexicon.has_opinion)."""
         if probability < self.probability_below:
             return NEUTRAL
         if rating is not None and (abs(rating) < self.rating_below
-                                   or (self.disagree and (rating > 0) != (label == 1))):
+                                   or (self.disagree and (rating > 0) != (label == 1))
+                                   or (not opinion and abs(rating) < self.no_opinion_rating_below)):
             return NEUTRAL
         return VERDICTS[label]
 
@@ -304,11 +310,18 @@ class NeutralRule:
 @torch.no_grad()
 def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: int = 64,
              rule: NeutralRule | None = None) -> list[dict]:
-    """Label, probability, rating, verdict (positive / negative / neutral / mixed, by the checkpoint's
-    NeutralRule unless `rule` is given) and per-token attention for each text (in input order)."""
+    """Label, probability, rating, whether VADER's lexicon finds an opinion in the text, verdict (positive /
+    negative / neutral / mixed, by the checkpoint's NeutralRule unless `rule` is given) and per-token attention
+    for each text (in input order)."""
+    from nlp.lexicon import has_opinion
+
     rule = rule or NeutralRule.of(ck)
     device = next(ck.model.parameters()).device
-    encoded = [ids[:max_len] or [EOS] for ids in ck.tokenizer.encode_batch(texts)]
+    whole = ck.tokenizer.encode_batch(texts)
+    encoded = [ids[:max_len] or [EOS] for ids in whole]
+    # the lexicon reads what the classifier reads: a long text's first max_len tokens (its cost grows with length)
+    opinions = has_opinion([t if len(ids) <= max_len else ck.tokenizer.decode(ids[:max_len])
+                            for t, ids in zip(texts, whole)])
     out: list[dict] = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
@@ -321,6 +334,7 @@ def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: i
                     "attention": r["attention"][i, : len(seq)].cpu().tolist()}
             if "rating" in r:
                 item["rating"] = float(r["rating"][i]) * 4  # trained on rating / 4
-            item["verdict"] = rule.verdict(item["label"], item["probability"], item.get("rating"))
+            item["opinion"] = opinions[start + i]
+            item["verdict"] = rule.verdict(item["label"], item["probability"], item.get("rating"), item["opinion"])
             out.append(item)
     return out

@@ -137,6 +137,34 @@ def test_neutral_rule_verdicts():
     assert NeutralRule(disagree=False).verdict(0, 0.9, 1.5) == "negative"
 
 
+def test_a_text_without_an_opinion_word_is_neutral_unless_its_rating_is_strong():
+    from nlp.lexicon import has_opinion
+
+    assert has_opinion(["The museum opens at 9 am on weekdays.", "Not bad at all.", "A gorgeous film :)",
+                        "I love it", ""]) == [False, True, True, True, False]
+    rule = NeutralRule(rating_below=0.25, no_opinion_rating_below=1.5)
+    assert rule.verdict(1, 0.87, 0.93, opinion=False) == NEUTRAL    # the museum sentence
+    assert rule.verdict(1, 0.87, 0.93, opinion=True) == "positive"  # the same numbers for an opinion
+    assert rule.verdict(0, 0.9, -2.0, opinion=False) == "negative"  # a strong rating stands without a word
+    assert NeutralRule(rating_below=0.25).verdict(1, 0.87, 0.93, opinion=False) == "positive"  # off by default
+    with pytest.raises(ValueError, match="no_opinion_rating_below"):
+        NeutralRule(no_opinion_rating_below=-1)
+
+
+def test_classify_applies_the_no_opinion_clause_to_what_the_model_read(trained):
+    from nlp.serve import classify, open_checkpoint
+
+    ck = open_checkpoint(trained["sentiment"], "sentiment")
+    texts = ["The museum opens at 9 am on weekdays.", "What a wonderful, beautiful day!",
+             "The bus leaves at noon. " * 200 + "I hate it."]  # the opinion lies past the tokens read
+    everything = NeutralRule(probability_below=0.5, no_opinion_rating_below=4.0)
+    rows = classify(ck, texts, max_len=64, rule=everything)
+    assert [r["opinion"] for r in rows] == [False, True, False]
+    assert [r["verdict"] for r in rows][0::2] == [NEUTRAL, NEUTRAL]
+    assert rows[1]["verdict"] == everything.verdict(rows[1]["label"], rows[1]["probability"], rows[1]["rating"])
+    assert classify(ck, texts[2:], max_len=100_000, rule=everything)[0]["opinion"]
+
+
 def test_tune_sentiment_writes_a_rule_that_classify_and_eval_use(trained, tmp_path, capsys):
     ck = tmp_path / "sent"
     shutil.copytree(trained["sentiment"], ck)
@@ -150,7 +178,9 @@ def test_tune_sentiment_writes_a_rule_that_classify_and_eval_use(trained, tmp_pa
     assert main(["sentiment", "--checkpoint", str(ck), "--json", "great", "awful"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rule = NeutralRule(**stored["neutral"])
-    assert [r["verdict"] for r in rows] == [rule.verdict(r["label"], r["probability"], r["rating"]) for r in rows]
+    assert "no_opinion_rating_below" in stored["neutral"]
+    assert [r["verdict"] for r in rows] == [rule.verdict(r["label"], r["probability"], r["rating"], r["opinion"])
+                                            for r in rows]
     assert main(["eval", "--checkpoint", str(ck), "--corpus", str(SENTIMENT), "--json", "--output",
                  str(tmp_path / "m.json")]) == 0
     three = json.loads(capsys.readouterr().out)["metrics"]["three_way"]

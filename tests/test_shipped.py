@@ -94,6 +94,17 @@ def test_sentiment_and_chat_clear_their_bars():
     assert {k: v for k, v in chat["decoding"].items() if k != "seed"} == default
 
 
+def test_shipped_sentiment_reads_statements_of_fact_as_neutral_as_the_readme_says(capsys):
+    """The plain-statement probe (issue 12, item 7: "The museum opens at 9 am on weekdays." was positive)."""
+    assert main(["probe-sentiment", "--checkpoint", str(SHIPPED / "sentiment"), "--file",
+                 str(ROOT / "scripts" / "sentiment_neutral_probe.jsonl"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and result["accuracy"] >= 0.8
+    assert "The museum opens at 9 am on weekdays." not in {m["text"] for m in result["misses"]}
+    right = round(result["accuracy"] * result["n"])
+    assert f"the shipped model {result['accuracy']:.3f} ({right} of 40" in " ".join(README.split())
+
+
 def test_lm_clears_its_bar():
     m = stored("lm")["wikitext2:test"]["metrics"]
     assert m["word_perplexity"] <= 115 and m["words"] == 245_569  # the whole official test set

@@ -242,6 +242,25 @@ def test_hostile_sentiment_input(checkpoints, text):
         assert "\x00" not in shaded
 
 
+def test_a_statement_of_fact_reads_neutral_and_says_why(checkpoints, tmp_path, monkeypatch):
+    """A rule with the no-opinion clause (as tune-sentiment stores it): the caption states it, and a neutral
+    verdict on a text without an opinion word says which way the classifier leaned, and why."""
+    from nlp.checkpoint import update_config
+
+    own = tmp_path / "own"
+    shutil.copytree(checkpoints / "sentiment", own / "sentiment")
+    update_config(own / "sentiment", neutral={"rating_below": 0.25, "no_opinion_rating_below": 4.0})
+    for task in ("lm", "chat"):
+        (own / task).symlink_to(checkpoints / task)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+    at = page("sentiment.py").run()
+    assert any("without a single opinion word" in c.value for c in at.caption)
+    analyse(at, "The museum opens at 9 am on weekdays.")
+    assert at.metric[0].value == "neutral / mixed" and at.metric[0].help.endswith("; no opinion word")
+    analyse(at, "I love it, a wonderful, gorgeous film.")
+    assert "no opinion word" not in (at.metric[0].help or "")
+
+
 def test_batch_upload_gives_one_row_per_text(checkpoints):
     at = page("sentiment.py").run()
     csv = "id,review\n" + "".join(f'{i},"review number {i}, it was {"great" if i % 2 else "bad"}"\n'

@@ -23,6 +23,9 @@ if "neutral" in ck.config:
                + (f" or the label's probability is under {rule.probability_below:g}"
                   if rule.probability_below > 0.5 else "")
                + (" or the rating contradicts the label" if rule.disagree else "")
+               + (f", and within ±{rule.no_opinion_rating_below:g} for a text without a single opinion word of "
+                  "the VADER sentiment lexicon, such as a statement of fact"
+                  if rule.no_opinion_rating_below > 0 else "")
                + " (thresholds chosen on validation sentences).")
 
 
@@ -51,7 +54,8 @@ with single:
             r = classify(ck, [clean])[0]
             c1, c2, c3 = st.columns(3)
             c1.metric("Verdict", r["verdict"],
-                      help=f"leans {LABELS[r['label']]}" if r["verdict"] == NEUTRAL else None)
+                      help=(f"leans {LABELS[r['label']]}" + ("" if r["opinion"] else "; no opinion word")
+                            if r["verdict"] == NEUTRAL else None))
             c2.metric("Probability", f"{r['probability']:.2f}")
             if "rating" in r:
                 c3.metric("Rating (-4 .. +4)", f"{r['rating']:+.2f}")
