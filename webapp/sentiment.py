@@ -23,8 +23,8 @@ if "neutral" in ck.config:
                + (f" or the label's probability is under {rule.probability_below:g}"
                   if rule.probability_below > 0.5 else "")
                + (" or the rating contradicts the label" if rule.disagree else "")
-               + (f", and within ±{rule.no_opinion_rating_below:g} for a text without a single opinion word of "
-                  "the VADER sentiment lexicon, such as a statement of fact"
+               + (f"; for a text without a single opinion word of the VADER sentiment lexicon (a statement of "
+                  f"fact), when the rating is within ±{rule.no_opinion_rating_below:g}"
                   if rule.no_opinion_rating_below > 0 else "")
                + " (thresholds chosen on validation sentences).")
 
