@@ -57,6 +57,9 @@ class TrainConfig:
         "help": "chat: weight of a hinge loss asking each reply to be likelier under its own context than under "
                 "another row's by context_margin nats a token (0 = off; costs a second decoder pass)"})
     context_margin: float = field(default=0.5, metadata={"help": "chat: the margin of context_contrast"})
+    word_dropout: float = field(default=0.0, metadata={
+        "help": "chat: fraction of the decoder's teacher-forced input tokens replaced by <unk> in training "
+                "(Bowman et al. 2016), so that the decoder leans on the context rather than on the reply so far"})
     rating_weight: float = field(default=0.5, metadata={"help": "sentiment: weight of the rating (MSE) loss"})
     negation_augment: float = field(default=0.0, metadata={
         "help": "sentiment: add this fraction of negated and 'A, but B' copies of the training sentences "

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nlp import data as D
 from nlp.errors import ConfigError, CorpusError
 from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, row_mean_logprob, token_nll
-from nlp.tokenizer import PAD, SEP, Tokenizer
+from nlp.tokenizer import PAD, SEP, UNK, Tokenizer
 
 
 class Task:
@@ -182,9 +182,14 @@ class ChatTask(Task):
             src = torch.where(real.unsqueeze(1), src, torch.full_like(src, PAD))
             src[~real, 0] = SEP
             src_len = torch.where(real, src_len, torch.ones_like(src_len))
+        tgt_in = b["tgt_in"]
+        if train and cfg.word_dropout:  # not in the empty-context rows, which learn p(reply) for the MI score
+            drop = (torch.rand(tgt_in.shape, device=src.device) < cfg.word_dropout) & (tgt_in != PAD)
+            drop[:, 0] = False  # BOS
+            tgt_in = tgt_in.masked_fill(drop & real.unsqueeze(1), UNK)
         ranked = self.model.config.rank_dim > 0 and B > 1
         swapped = B > 1 and (not train or cfg.context_contrast > 0)  # each reply also under another's context
-        out = net(src, src_len, b["tgt_in"], *((b["reply"], b["reply_len"]) if ranked else ()), swap_contexts=swapped)
+        out = net(src, src_len, tgt_in, *((b["reply"], b["reply_len"]) if ranked else ()), swap_contexts=swapped)
         logits = out[0][:B]
         loss, n = token_nll(logits, b["tgt_out"], cfg.label_smoothing if train else 0.0)
         extra = {}

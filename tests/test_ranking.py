@@ -24,6 +24,7 @@ from nlp.evaluate import (
 )
 from nlp.models import Seq2Seq, Seq2SeqConfig, make_rnn, row_mean_logprob, run_bidirectional_unpacked, run_rnn
 from nlp.serve import chat_reply, default_decoding
+from nlp.tokenizer import UNK
 from nlp.train import Trainer
 from tests.conftest import CHAT, TINY
 
@@ -199,6 +200,28 @@ def test_empty_context_rate_trains_some_rows_without_their_context(tmp_path, tok
     trainer.task.loss(trainer.model, batch, None, train=True)
     assert seen["len"].tolist() == [1, 1] and seen["src"][:, 0].tolist() == R.EMPTY_CONTEXT * 2
     assert (seen["src"][:, 1:] == 0).all()
+
+
+def test_word_dropout_masks_the_decoders_inputs_in_training_only(tmp_path, tokenizer, monkeypatch):
+    """--word-dropout 1: every teacher-forced input after BOS becomes <unk> in training (padding stays padding),
+    never in validation; the targets stay the reply."""
+    trainer = Trainer(resolve_config(["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path),
+                                      "--out", str(tmp_path / "t"), "--no-amp", *TINY["chat"],
+                                      "--empty-context-rate", "0", "--word-dropout", "1.0"]))
+    seen = []
+
+    def spy(src, src_len, tgt_in, *rest, **kw):
+        seen.append(tgt_in.clone())
+        return real(src, src_len, tgt_in, *rest, **kw)
+    real = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    batch = collate_chat([ChatExample([5, 6, 7], [40, 41, 42]), ChatExample([8, 9], [43])])
+    trainer.task.loss(trainer.model, batch, None, train=True)
+    trainer.task.loss(trainer.model, batch, None, train=False)
+    dropped, clean = seen
+    assert torch.equal(clean, batch["tgt_in"]) and clean[0, 1:].tolist() == [40, 41, 42]
+    assert dropped[:, 0].tolist() == clean[:, 0].tolist()  # BOS kept
+    assert dropped[0, 1:].tolist() == [UNK] * 3 and dropped[1, 1:].tolist() == [UNK, 0, 0]
 
 
 def test_swapped_contexts_decode_each_reply_under_the_previous_rows_context():
