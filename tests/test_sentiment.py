@@ -175,6 +175,12 @@ def test_tune_sentiment_writes_a_rule_that_classify_and_eval_use(trained, tmp_pa
     shown = json.loads(capsys.readouterr().out)
     stored = json.loads((ck / "config.json").read_text())
     assert stored["neutral"] == shown["neutral"] and stored["neutral_tuning"]["split"] == "validation"
+    report = shown["report"]  # what the choice rests on, printed beside it
+    assert report["chosen"]["macro_f1"] == stored["neutral_tuning"]["macro_f1"] >= report["never_neutral"]["macro_f1"]
+    assert report["without_rating_floor"]["macro_f1"] >= report["chosen"]["macro_f1"]
+    assert report["chosen"]["macro_f1"] >= report["without_lexicon_clause"]["macro_f1"]
+    assert report["without_lexicon_clause"]["no_opinion_rating_below"] == 0 and report["chosen"]["rating_below"] >= 0.25
+    assert set(report["by_corpus"]) == {str(SENTIMENT)} and 0 <= report["no_opinion_rows"] <= 1
     assert main(["sentiment", "--checkpoint", str(ck), "--json", "great", "awful"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rule = NeutralRule(**stored["neutral"])
