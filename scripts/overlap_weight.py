@@ -12,7 +12,6 @@ weight then picks among the same candidates, so the weights differ only in the r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -21,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import chat_options  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 from nlp import metrics as M  # noqa: E402
 from nlp import ranking as R  # noqa: E402
@@ -37,12 +38,7 @@ def echoes(reply: str, last_turn: str) -> bool:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "chat"))
-    p.add_argument("--corpus", default="chitchat")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--rows", type=int, default=500)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = chat_options(__doc__, rows=500, seeds=[0, 1, 2])
     p.add_argument("--weights", type=float, nargs="+", default=[0, 8, 16, 32, 64])
     a = p.parse_args()
     ck = open_checkpoint(a.checkpoint, "chat")

@@ -1,13 +1,13 @@
 """Is the chat model's word perplexity a matter of calibration? It was trained with label smoothing 0.1, which
 can leave a model under-confident. Reply perplexity (teacher forcing, as eval computes it) with the logits
-divided by each temperature T, on eval's fixed sample of validation rows; T = 1 is the model as it is.
+divided by each temperature T, on eval's fixed sample of a split's rows (validation unless --split says otherwise);
+T = 1 is the model as it is.
 
     python scripts/perplexity_temperature.py [--corpus chitchat] [--rows 600]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -19,6 +19,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import chat_options  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from nlp import data as D  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.evaluate import chat_rows  # noqa: E402
@@ -28,14 +30,11 @@ from nlp.tokenizer import PAD  # noqa: E402
 
 @torch.no_grad()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "chat"))
-    p.add_argument("--corpus", default="chitchat")
-    p.add_argument("--rows", type=int, default=600)
+    p = chat_options(__doc__, rows=600)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.05, 1.1])
     a = p.parse_args()
     ck = open_checkpoint(a.checkpoint, "chat")
-    ds, examples, _ = chat_rows(ck, load_corpus(a.corpus), "validation", a.rows, seed=0)
+    ds, examples, _ = chat_rows(ck, load_corpus(a.corpus), a.split, a.rows, seed=0)
     nll = dict.fromkeys(a.temperatures, 0.0)
     tokens = 0
     for b in D.batches_of(examples, 64, None):

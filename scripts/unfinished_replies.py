@@ -9,7 +9,6 @@ The rows are eval's fixed sample (seed 0) of the split; each seed draws every re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -19,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import chat_options  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from nlp import metrics as M  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.evaluate import chat_reply_ids, chat_rows  # noqa: E402
@@ -26,13 +27,7 @@ from nlp.serve import default_decoding, open_checkpoint, ranking_weights, traine
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "chat"))
-    p.add_argument("--corpus", default="chitchat")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--rows", type=int, default=500)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    a = p.parse_args()
+    a = chat_options(__doc__, rows=500, seeds=[0, 1]).parse_args()
     ck = open_checkpoint(a.checkpoint, "chat")
     gen, weights = default_decoding(ck), ranking_weights(ck)
     limit = trained_length_cut(ck)
