@@ -26,6 +26,8 @@ from __future__ import annotations
 import random
 import re
 
+from nlp.lexicon import has_opinion
+
 COPULAS = ("is", "was", "are", "were", "am", "will", "would", "can", "could", "should", "must")
 NEGATED = {"isn't": "is", "wasn't": "was", "aren't": "are", "weren't": "were", "won't": "will",
            "wouldn't": "would", "can't": "can", "couldn't": "could", "shouldn't": "should", "don't": "do",
@@ -154,8 +156,6 @@ def neutral_sentences(texts: list[str], n: int, seed: int = 0, min_words: int = 
     the library on campus.", "Where are you from?"). The rated training sentences are all opinions, so the
     classifier reads a sentence of fact as one too ("The museum opens at 9 am" -> positive); these rows teach
     it that such a sentence rates 0 and leans neither way. Needs vaderSentiment."""
-    from nlp.lexicon import has_opinion
-
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     out, seen = [], set()

@@ -208,7 +208,11 @@ def tune_sentiment(ck: Checkpoint, corpora: list[str], split: str = "validation"
     allowed = [g for g in grid if g["rating_below"] >= MIN_RATING_BAND]
     chosen, plain = best(allowed), best([g for g in allowed if g["no_opinion_rating_below"] == 0])
     no_opinion = [i for i, r in enumerate(base) if not r["opinion"]]
-    near = [abs(x) < NEUTRAL_BAND for x in ratings]
+    opinion = [i for i, r in enumerate(base) if r["opinion"]]
+
+    def near_zero(idx: list[int]) -> float:  # the share of these rows that people rated near zero
+        return sum(abs(ratings[i]) < NEUTRAL_BAND for i in idx) / max(len(idx), 1)
+
     report = {
         "chosen": chosen, "without_lexicon_clause": plain, "without_rating_floor": best(grid),
         "never_neutral": scored(NeutralRule()),
@@ -216,9 +220,7 @@ def tune_sentiment(ck: Checkpoint, corpora: list[str], split: str = "validation"
                              for which, g in (("chosen", chosen), ("without_lexicon_clause", plain))}
                       for name in corpora},
         "no_opinion_rows": len(no_opinion) / len(base),
-        "rated_near_zero": {"no_opinion": sum(near[i] for i in no_opinion) / max(len(no_opinion), 1),
-                            "opinion": (sum(near) - sum(near[i] for i in no_opinion))
-                            / max(len(base) - len(no_opinion), 1)},
+        "rated_near_zero": {"no_opinion": near_zero(no_opinion), "opinion": near_zero(opinion)},
     }
     return {"neutral": rule_of(chosen).as_dict(),
             "tuned_on": {"corpora": corpora, "split": split, "rows": len(texts), "neutral_band": NEUTRAL_BAND,

@@ -29,6 +29,7 @@ from nlp.decoding import (
     sample_tokens,
     stream_text,
 )
+from nlp.lexicon import has_opinion
 from nlp.models import half_step_weights, native_bf16, transposed_weights
 from nlp.ranking import Overlap, RankWeights, SentenceCut, sample_and_rank
 from nlp.tokenizer import BOS, EOS, detokenize_wikitext
@@ -313,8 +314,6 @@ def classify(ck: Checkpoint, texts: list[str], max_len: int = 256, batch_size: i
     """Label, probability, rating, whether VADER's lexicon finds an opinion in the text, verdict (positive /
     negative / neutral / mixed, by the checkpoint's NeutralRule unless `rule` is given) and per-token attention
     for each text (in input order)."""
-    from nlp.lexicon import has_opinion
-
     rule = rule or NeutralRule.of(ck)
     device = next(ck.model.parameters()).device
     whole = ck.tokenizer.encode_batch(texts)
