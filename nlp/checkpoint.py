@@ -115,7 +115,7 @@ def rebuild_hint(path: Path) -> str:
 
 
 def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[dict]:
-    """The records of a checkpoint's train_log.jsonl, as the weights saw them.
+    """The records of a checkpoint's train_log.jsonl (or of a log file), as the weights saw them.
 
     A hard kill (SIGKILL, power loss) loses the steps since the last periodic save, yet their log lines are
     already written; `--resume` then runs those steps again and logs them a second time. Each resume writes a
@@ -123,7 +123,7 @@ def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[
     A half-written or damaged line is skipped (and counted in `problems`, when given). A missing log reads as
     no records.
     """
-    file = Path(path) / LOG
+    file = Path(path) if Path(path).is_file() else Path(path) / LOG  # a checkpoint folder, or a log file
     try:
         lines = file.read_text(encoding="utf-8", errors="replace").splitlines() if file.exists() else []
     except OSError as e:

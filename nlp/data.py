@@ -76,6 +76,12 @@ def chat_examples(ds: Dataset, tok: Tokenizer, context_turns: int, max_src_len: 
     return out
 
 
+def word_count(tok: Tokenizer, tgt_out: Tensor) -> int:
+    """The words of a batch of target rows as `eval` counts a reply's: its whitespace-separated words plus one
+    for its end (the padding and the end token left out of the text)."""
+    return sum(len(tok.decode([i for i in row if i not in (PAD, EOS)]).split()) + 1 for row in tgt_out.tolist())
+
+
 NO_OPINION = 2  # a sentiment row's label when it states no opinion: trained towards equal label probabilities
 
 

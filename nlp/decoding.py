@@ -56,8 +56,9 @@ class GenerationConfig:
     num_candidates: int = 1           # chat, sampling: draw this many replies and show the best by the ranking
     banned_ids: tuple[int, ...] = ()  # never produced (nlp.serve bans WikiText's literal <unk> unless allow_unk)
     allow_unk: bool = False           # let the LM write WikiText's <unk> marker for rare words
-    cut_unfinished: bool = True       # chat, ranked or beam: a reply that ran into the model's trained length and
-                                      # ends mid-sentence is cut back to its last full sentence (ranking.SentenceCut)
+    cut_unfinished: bool = True       # chat, ranked or beam: a reply that ran into a length limit (the model's
+                                      # trained one or max_new_tokens) and ends mid-sentence is cut back to its
+                                      # last full sentence (ranking.SentenceCut, serve.length_cut)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:

@@ -39,9 +39,9 @@ from nlp.serve import (
     NeutralRule,
     classify,
     default_decoding,
+    length_cut,
     ranking_weights,
     sentence_cut,
-    trained_length_cut,
 )
 from nlp.tokenizer import EOS
 
@@ -402,8 +402,8 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     reply_ids = chat_reply_ids(ck, [e.src for e in examples], gen, weights, seed)
     replies = [ck.tokenizer.decode(r) for r in reply_ids]
     metrics.update(M.dialogue_scores(replies, refs))
-    if limit := trained_length_cut(ck):
-        # replies that ran into the trained length and stop mid-sentence (what cut_unfinished cuts when it can)
+    if limit := length_cut(ck, gen.max_new_tokens):
+        # replies that ran into a length limit and stop mid-sentence (what cut_unfinished cuts when it can)
         metrics["unfinished_replies"] = sum(map(limit.unfinished, reply_ids)) / max(len(reply_ids), 1)
     metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
                           for c, r, ref in list(zip(contexts, replies, refs))[:5]]

@@ -183,7 +183,9 @@ class SentenceCut:
     replies on 500 validation rows were cut off ("... I feel like I can'"). It stops near the limit, not
     at it: of its replies of limit-5 to limit-1 tokens, 30% end a sentence; at the limit, 10%; its training
     replies of those lengths, 45%. So a reply of at least limit - `margin` tokens whose last token ends no
-    sentence is cut after the last token that does, if any (`ends`: ids of pieces ending in . ! ? ...)."""
+    sentence is cut after the last token that does, if any (`ends`: ids of pieces ending in . ! ? ...).
+    A model trained on longer replies than the sampler draws runs into the sampler's limit instead, exactly
+    there (margin 0; nlp.serve.length_cut chooses)."""
     limit: int
     ends: frozenset[int]
     margin: int = 5

@@ -144,25 +144,29 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
                               "to use the defaults") from None
     transposed_weights(ck.model)  # inference only: faster batch-1 steps, the same weights
     if ck.task == "chat":  # what the first reply would compute: the pieces that end a sentence, the overlap's weights
-        trained_length_cut(ck)
+        _ = ck.tokenizer.sentence_ends
         Overlap.of(ck.tokenizer)
     if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and native_bf16():
         half_step_weights(ck.model)
     return ck
 
 
-def trained_length_cut(ck: Checkpoint) -> SentenceCut | None:
-    """For a chat model that records the reply length it was trained on (train.max_tgt_len, EOS included): the
-    cut of its replies that run into that length back to their last full sentence (SentenceCut says why)."""
-    limit = ck.config.get("train", {}).get("max_tgt_len")
-    if ck.task != "chat" or not is_whole(limit) or limit < 2:
+def length_cut(ck: Checkpoint, max_new_tokens: int) -> SentenceCut | None:
+    """For a chat model: the cut of its replies that run into a length limit back to their last full sentence
+    (SentenceCut says why). The limit is the reply length it was trained on (train.max_tgt_len, EOS
+    included), where it learned to stop near that length mid-sentence, or the decoding's `max_new_tokens` when
+    that comes first, where the sampler stops it."""
+    if ck.task != "chat":
         return None
-    return SentenceCut(limit - 1, ck.tokenizer.sentence_ends)
+    trained = ck.config.get("train", {}).get("max_tgt_len")
+    if is_whole(trained) and 2 <= trained <= max_new_tokens + 1:
+        return SentenceCut(trained - 1, ck.tokenizer.sentence_ends)
+    return SentenceCut(max_new_tokens, ck.tokenizer.sentence_ends, margin=0)
 
 
 def sentence_cut(ck: Checkpoint, cfg: GenerationConfig) -> SentenceCut | None:
-    """`trained_length_cut`, unless the decoding says to keep unfinished replies (cfg.cut_unfinished)."""
-    return trained_length_cut(ck) if cfg.cut_unfinished else None
+    """`length_cut` under this decoding, unless it says to keep unfinished replies (cfg.cut_unfinished)."""
+    return length_cut(ck, cfg.max_new_tokens) if cfg.cut_unfinished else None
 
 
 def ranking_weights(ck: Checkpoint) -> RankWeights:

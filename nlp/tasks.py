@@ -36,7 +36,7 @@ class Task:
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.model = None
+        self.model, self.tokenizer = None, None
         self.rank, self.world = 0, 1
 
     # data ---------------------------------------------------------------------------
@@ -155,6 +155,10 @@ class ChatTask(Task):
     # the LM becomes the decoder
     init_names = {"lm": {"rnn.": "decoder.", "decoder.bias": "out.bias"}}
 
+    def prepare(self, splits, tok, rank=0, world=1):
+        super().prepare(splits, tok, rank, world)
+        self.tokenizer = tok  # validation counts the replies' words, for the word perplexity
+
     def examples(self, ds, tok, train):
         c = self.cfg
         return D.chat_examples(ds, tok, c.context_turns, c.max_src_len, c.max_tgt_len)
@@ -171,8 +175,8 @@ class ChatTask(Task):
         With `context_contrast` > 0, a hinge term asks each reply to be likelier (mean log-probability per token)
         under its own context than under another row's by `context_margin` nats: the generator itself, not only
         the head, learns to prefer the reply that fits. The validation loss is the reply NLL alone; validation
-        also sums the ranking accuracy and the context gain (the NLL with each context swapped for another
-        row's, minus the NLL with its own)."""
+        also sums the ranking accuracy, the context gain (the NLL with each context swapped for another row's,
+        minus the NLL with its own) and the replies' words (for the word perplexity, issue 11's other bar)."""
         cfg, b = self.cfg, self.to_device(batch)
         src, src_len = b["src"], b["src_len"]
         B = src.shape[0]
@@ -193,6 +197,8 @@ class ChatTask(Task):
         logits = out[0][:B]
         loss, n = token_nll(logits, b["tgt_out"], cfg.label_smoothing if train else 0.0)
         extra = {}
+        if not train and self.tokenizer is not None:
+            extra["words"] = float(D.word_count(self.tokenizer, b["tgt_out"]))
         if swapped and train:
             # the reply must be likelier, per token, under its own context than under the previous row's by a
             # margin (left out: rows where either context was emptied for the prior, or both are the same text)
@@ -218,6 +224,8 @@ class ChatTask(Task):
     def summary(self, sums):
         out = super().summary(sums)
         out["val_token_perplexity"] = math.exp(min(out["val_loss"], 50))
+        if sums["words"]:  # exp(total NLL / words), words counted as eval counts them (replies cut as trained)
+            out["val_word_perplexity"] = math.exp(min(out["val_loss"] * sums["count"] / sums["words"], 50))
         if sums["gain_tokens"]:
             out["val_context_gain"] = sums["gain"] / sums["gain_tokens"]
         if sums["rank_rows"]:  # hits@1 among the batch's replies (eval_batch_size candidates)

@@ -1,6 +1,7 @@
 """The chat model's shown replies with and without cutting unfinished ones (GenerationConfig.cut_unfinished,
 nlp.ranking.SentenceCut) on validation rows: F1, distinct-2, mean length in tokens, and the share of replies that
-ran into the trained length and stop mid-sentence. The default decoding otherwise (16 candidates ranked).
+ran into a length limit (the trained one or the sampler's) and stop mid-sentence. The default decoding otherwise
+(16 candidates ranked).
 
     python scripts/unfinished_replies.py [--corpus chitchat] [--rows 500] [--seeds 0 1]
 
@@ -23,16 +24,14 @@ from common import chat_options  # noqa: E402  (scripts/ is on sys.path when a s
 from nlp import metrics as M  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.evaluate import chat_reply_ids, chat_rows  # noqa: E402
-from nlp.serve import default_decoding, open_checkpoint, ranking_weights, trained_length_cut  # noqa: E402
+from nlp.serve import default_decoding, length_cut, open_checkpoint, ranking_weights  # noqa: E402
 
 
 def main() -> None:
     a = chat_options(__doc__, rows=500, seeds=[0, 1]).parse_args()
     ck = open_checkpoint(a.checkpoint, "chat")
     gen, weights = default_decoding(ck), ranking_weights(ck)
-    limit = trained_length_cut(ck)
-    if limit is None:
-        sys.exit("this checkpoint does not record the reply length it was trained on (train.max_tgt_len)")
+    limit = length_cut(ck, gen.max_new_tokens)
     ds, examples, _ = chat_rows(ck, load_corpus(a.corpus), a.split, a.rows, 0)
     refs = list(ds["response"])
     out = {}

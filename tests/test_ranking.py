@@ -1,7 +1,9 @@
 """The chat model that reads its context: the exact unpacked encoder, the next-reply head and its loss, the
 ranking score shared by sample-and-rank and Hits@1, the context-gain measure, and tuning on validation."""
 
+import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
@@ -171,6 +173,23 @@ def test_training_with_the_head_lowers_the_next_reply_loss(tmp_path, tokenizer):
         assert {"val_loss", "val_context_gain", "val_rank_accuracy", "val_rank_loss"} <= set(r)
     assert after["val_rank_loss"] < before["val_rank_loss"]
     assert after["val_loss"] < before["val_loss"]
+
+
+def test_validation_reports_the_word_perplexity_with_words_counted_as_eval_counts_them(tmp_path, tokenizer):
+    from nlp.data import word_count
+    from nlp.tokenizer import EOS, PAD
+
+    trainer = Trainer(resolve_config(["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path),
+                                      "--out", str(tmp_path / "t"), "--no-amp", *TINY["chat"]]))
+    tok = trainer.task.tokenizer
+    batch = collate_chat([ChatExample([5], tok.encode("Hi there,  how are you?")), ChatExample([5], tok.encode("ok"))])
+    assert word_count(tok, batch["tgt_out"]) == (5 + 1) + (1 + 1)  # whitespace words, plus each reply's end
+    r = trainer.evaluate()
+    batches = trainer.task.val_batches()
+    tokens = sum(int((b["tgt_out"] != PAD).sum()) for b in batches)
+    words = sum(len(tok.decode([i for i in b["tgt_out"][k].tolist() if i not in (PAD, EOS)]).split()) + 1
+                for b in batches for k in range(len(b["tgt_out"])))
+    assert r["val_word_perplexity"] == pytest.approx(math.exp(r["val_loss"] * tokens / words), rel=1e-6)
 
 
 def test_rank_loss_treats_a_repeated_reply_as_no_distractor(tmp_path, tokenizer):
@@ -367,10 +386,16 @@ def test_the_cut_follows_the_checkpoints_trained_reply_length_and_the_decoding(t
     cfg = default_decoding(ck)
     ck.config.setdefault("train", {})["max_tgt_len"] = 20
     cut = sentence_cut(ck, cfg)
-    assert cut.limit == 19 and cut.ends == ck.tokenizer.sentence_ends  # max_tgt_len counts the EOS
+    assert cfg.max_new_tokens > 19
+    assert (cut.limit, cut.margin) == (19, 5) and cut.ends == ck.tokenizer.sentence_ends  # max_tgt_len counts EOS
     assert sentence_cut(ck, GenerationConfig(cut_unfinished=False)) is None
-    del ck.config["train"]["max_tgt_len"]
-    assert sentence_cut(ck, cfg) is None  # a checkpoint that does not say: replies as they come
+    # trained on longer replies than the sampler draws: cut where the sampler stops it, and only there
+    ck.config["train"]["max_tgt_len"] = 128
+    cut = sentence_cut(ck, dataclasses.replace(cfg, max_new_tokens=30))
+    assert (cut.limit, cut.margin) == (30, 0)
+    assert cut.unfinished([9] * 30) and not cut.unfinished([9] * 29)
+    del ck.config["train"]["max_tgt_len"]  # a checkpoint that does not say: the sampler's limit alone
+    assert (sentence_cut(ck, cfg).limit, sentence_cut(ck, cfg).margin) == (cfg.max_new_tokens, 0)
     assert sentence_cut(load_checkpoint(trained["lm"]), cfg) is None
 
 

@@ -332,6 +332,8 @@ def test_models_page_shows_each_checkpoint(checkpoints):
     assert len(at.metric) == 9
     curves = [c.value for c in at.caption if c.value.startswith("Train loss:")]
     assert len(curves) == 3 and all("val loss" in c for c in curves)  # each chart says what its curves are
+    # the chat model's training logs its validation word perplexity (issue 11's bar): a chart of its own
+    assert len([c for c in at.caption if c.value.startswith("Word perplexity of the validation replies")]) == 1
 
 
 def test_the_chat_box_is_drawn_before_the_model_loads(checkpoints, monkeypatch):

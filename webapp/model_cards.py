@@ -66,6 +66,14 @@ for task, title in NAMES.items():
                    + "); val loss: the validation "
                    "split in evaluation mode, so train loss can sit above it. (In logs of older runs the train "
                    "loss is a running mean since the run started, which makes a flatter curve.)")
+    words = curve(log, {"val_word_perplexity": "validation"}, "curve")
+    if words:
+        st.altair_chart(alt.Chart(pd.DataFrame(words)).mark_line(point=True).encode(
+            x="step:Q", y=alt.Y("value:Q", title="word perplexity", scale=alt.Scale(zero=False))),
+            width="stretch")
+        st.caption("Word perplexity of the validation replies: exp(their total NLL / their words), a reply's "
+                   "words counted as whitespace-separated words plus its end, as `eval` counts them (the "
+                   "validation batches hold replies cut as in training).")
     if isinstance(ck.config.get("decoding"), dict):
         with st.expander("Default decoding (chosen on validation data)"):
             st.json(ck.config["decoding"])
