@@ -144,3 +144,24 @@ def test_the_generate_page_shows_the_shipped_lm_as_prose(monkeypatch):
     assert len(shown) == 5 and any(len(s) > len("The history of the city") + 10 for s in shown)
     for text in shown:
         assert "<unk>" not in text and not any(mark in text for mark in ("@-@", "@,@", "@.@")), text
+
+
+def test_readme_chat_curve_comes_from_the_shipped_training_logs():
+    """Issue 11 asks for the curve of each bar against training time: the README's table is what
+    `scripts/chat_curve.py` reads off the two stages' logs (stage 1's word perplexity from its reply loss)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat_curve.py"), "--json"], capture_output=True,
+                         text=True, check=True)
+    curve = json.loads(out.stdout)
+    assert [s["max_tgt_len"] for s in curve["stages"]] == [40, 128]
+    section = readme_section("Chat model")
+    for i, stage in enumerate(curve["stages"], 1):
+        assert stage["points"] and [p["word_perplexity_logged"] for p in stage["points"]] == [i == 2] * len(
+            stage["points"])
+        for q in stage["points"]:
+            row = (f"| {i} | {q['step']:,} | {q['hours']:.2f} | {q['val_loss']:.3f} | {q['word_perplexity']:.1f} | "
+                   f"{q['context_gain']:.3f} | {q['next_reply_accuracy']:.3f} |")
+            assert row in section, row
+    assert f"In all {curve['hours']:.1f} hours of training" in section
