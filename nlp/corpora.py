@@ -38,6 +38,7 @@ import datasets
 import pyarrow
 from datasets import Dataset, DatasetDict
 
+from nlp.data import word_count
 from nlp.errors import CorpusError
 
 SPLITS = ("train", "validation", "test")
@@ -447,7 +448,7 @@ def load_named(name: str) -> tuple[DatasetDict, dict]:
 
 def words_in(ds: Dataset) -> int:
     """Word count as the WikiText papers count it: whitespace words plus one end-of-line marker per line."""
-    return sum(len(t.split()) + 1 for t in ds["text"])
+    return word_count(ds["text"])
 
 
 def summary(dd: DatasetDict) -> dict:

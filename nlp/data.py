@@ -11,6 +11,7 @@ similar lengths (little padding) while the order of batches stays random.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,10 +77,15 @@ def chat_examples(ds: Dataset, tok: Tokenizer, context_turns: int, max_src_len: 
     return out
 
 
-def word_count(tok: Tokenizer, tgt_out: Tensor) -> int:
-    """The words of a batch of target rows as `eval` counts a reply's: its whitespace-separated words plus one
-    for its end (the padding and the end token left out of the text)."""
-    return sum(len(tok.decode([i for i in row if i not in (PAD, EOS)]).split()) + 1 for row in tgt_out.tolist())
+def word_count(texts: Iterable[str]) -> int:
+    """Words as word perplexities count them: each text's whitespace-separated words plus one for its end (a
+    WikiText line's end-of-line marker, a reply's end)."""
+    return sum(len(t.split()) + 1 for t in texts)
+
+
+def target_words(tok: Tokenizer, tgt_out: Tensor) -> int:
+    """`word_count` of a batch of target rows (the padding and the end token left out of the text)."""
+    return word_count(tok.decode([i for i in row if i not in (PAD, EOS)]) for row in tgt_out.tolist())
 
 
 NO_OPINION = 2  # a sentiment row's label when it states no opinion: trained towards equal label probabilities

@@ -373,7 +373,7 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     model = ck.model
     # perplexity of the reference replies (teacher forcing), per token and per word
     total, tokens = reply_nll(model, examples)
-    n_words = sum(len(r.split()) + 1 for r in ds["response"])  # + 1: the end of the reply, as for the LM
+    n_words = D.word_count(ds["response"])  # + 1 a reply: its end, as for the LM
     metrics = M.perplexities(total, tokens, n_words)
     # how much the context matters: the same replies after the contexts of other rows
     perm = derangement(len(examples), random.Random(seed))

@@ -198,7 +198,7 @@ class ChatTask(Task):
         loss, n = token_nll(logits, b["tgt_out"], cfg.label_smoothing if train else 0.0)
         extra = {}
         if not train and self.tokenizer is not None:
-            extra["words"] = float(D.word_count(self.tokenizer, b["tgt_out"]))
+            extra["words"] = float(D.target_words(self.tokenizer, b["tgt_out"]))
         if swapped and train:
             # the reply must be likelier, per token, under its own context than under the previous row's by a
             # margin (left out: rows where either context was emptied for the prior, or both are the same text)

@@ -69,7 +69,7 @@ def tokens_and_words(config: dict, tok: Tokenizer) -> tuple[int, int, int]:
     for batch in task.val_batches():
         rows += batch["tgt_out"].shape[0]
         tokens += int((batch["tgt_out"] != PAD).sum())
-        words += D.word_count(tok, batch["tgt_out"])
+        words += D.target_words(tok, batch["tgt_out"])
     return rows, tokens, words
 
 

@@ -44,7 +44,7 @@ def main() -> None:
             logp = F.log_softmax(logits / t, -1).gather(-1, b["tgt_out"].unsqueeze(-1)).squeeze(-1)
             nll[t] += float(-(logp * keep).sum())
         tokens += int(keep.sum())
-    words = sum(len(r.split()) + 1 for r in ds["response"])  # as eval counts them
+    words = D.word_count(ds["response"])  # as eval counts them
     print(json.dumps({"rows": len(examples), "tokens": tokens, "words": words,
                       "by_temperature": {str(t): {"token_perplexity": round(math.exp(v / tokens), 2),
                                                   "word_perplexity": round(math.exp(v / words), 1)}

@@ -41,7 +41,7 @@ def by_position(path: str, corpus: str, split: str, rows: int) -> dict:
         for b, (lo, hi) in enumerate(BUCKETS):
             nll_sum[b] += float(nll[:, lo:hi][real[:, lo:hi]].sum())
             count[b] += int(real[:, lo:hi].sum())
-    total, words = sum(nll_sum), sum(len(r.split()) + 1 for r in ds["response"])
+    total, words = sum(nll_sum), D.word_count(ds["response"])
     return {"checkpoint": path, "trained_reply_tokens": ck.config.get("train", {}).get("max_tgt_len"),
             "word_perplexity": round(math.exp(total / words), 1),
             "buckets": [{"positions": f"{lo + 1}-{hi}" if hi < 10_000 else f"{lo + 1}+", "tokens": n,

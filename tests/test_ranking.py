@@ -176,14 +176,14 @@ def test_training_with_the_head_lowers_the_next_reply_loss(tmp_path, tokenizer):
 
 
 def test_validation_reports_the_word_perplexity_with_words_counted_as_eval_counts_them(tmp_path, tokenizer):
-    from nlp.data import word_count
+    from nlp.data import target_words
     from nlp.tokenizer import EOS, PAD
 
     trainer = Trainer(resolve_config(["--task", "chat", "--corpus", str(CHAT), "--tokenizer", str(tokenizer.path),
                                       "--out", str(tmp_path / "t"), "--no-amp", *TINY["chat"]]))
     tok = trainer.task.tokenizer
     batch = collate_chat([ChatExample([5], tok.encode("Hi there,  how are you?")), ChatExample([5], tok.encode("ok"))])
-    assert word_count(tok, batch["tgt_out"]) == (5 + 1) + (1 + 1)  # whitespace words, plus each reply's end
+    assert target_words(tok, batch["tgt_out"]) == (5 + 1) + (1 + 1)  # whitespace words, plus each reply's end
     r = trainer.evaluate()
     batches = trainer.task.val_batches()
     tokens = sum(int((b["tgt_out"] != PAD).sum()) for b in batches)
