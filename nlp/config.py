@@ -80,6 +80,9 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = once per epoch)"})
     eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = all)"})
     patience: int = field(default=3, metadata={"help": "early stop after this many evaluations without gain"})
+    keep: str = field(default="best", metadata={
+        "help": "best: the checkpoint is the model of the lowest validation loss | last: the model at each "
+                "evaluation (for an objective the validation loss is not, e.g. chat's context_contrast)"})
     log_every: int = field(default=50, metadata={"help": "log the training loss every N steps"})
     max_nonfinite: int = field(default=5, metadata={"help": "stop after this many steps in a row whose loss or "
                                                             "gradient is not finite (each is skipped)"})

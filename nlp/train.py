@@ -132,6 +132,8 @@ class Trainer:
         self.cfg = cfg
         if cfg.task not in TASKS:
             raise ConfigError(f"unknown task {cfg.task!r}: use one of {list(TASKS)}")
+        if cfg.keep not in ("best", "last"):
+            raise ConfigError(f"keep must be best or last, got {cfg.keep!r}")
         self.rt = Runtime.start(cfg.device, cfg.amp)
         self.device, self.rank, self.world, self.main = self.rt.device, self.rt.rank, self.rt.world, self.rt.main
         self.out = Path(cfg.out)
@@ -309,11 +311,13 @@ class Trainer:
         with open(self.out / ckpt.LOG, "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
-    def provenance(self) -> dict:
+    def provenance(self, val_loss: float) -> dict:
+        """What the saved checkpoint came from; `val_loss` is the saved model's own validation loss."""
         return {"train": {k: v for k, v in asdict(self.cfg).items() if k != "model"},
                 "data": {"corpus": self.cfg.corpus, "train_rows": len(self.data["train"]),
                          "sources": {n: source_of(n) for n in self.cfg.corpus}},
-                "progress": {"step": self.p.step, "epoch": self.p.epoch, "best_val_loss": self.p.best}}
+                "progress": {"step": self.p.step, "epoch": self.p.epoch, "val_loss": val_loss,
+                             "best_val_loss": self.p.best}}
 
     def save_resume(self):
         """The resume state; a collective call (every rank sends its carried state and RNG to rank 0)."""
@@ -341,15 +345,16 @@ class Trainer:
         return [{name: g[r] for name, g in gathered.items()} for r in range(1, self.world)]
 
     def after_eval(self, metrics: dict, scheduled: bool = True):
-        """Log; keep the checkpoint if this is the best so far. Scheduled evaluations (every eval_every steps or
-        epoch) also drive the plateau schedule and early stopping; the one at a budget stop does not, so a run
-        stopped and resumed makes the same decisions as one that never stopped."""
+        """Log; keep the checkpoint if this is the best so far (with keep = "last": at every evaluation).
+        Scheduled evaluations (every eval_every steps or epoch) also drive the plateau schedule and early stopping;
+        the one at a budget stop does not, so a run stopped and resumed makes the same decisions as one that never
+        stopped."""
         self.log({"step": self.p.step, "epoch": self.p.epoch, **metrics})
         loss = metrics["val_loss"]
-        if loss < self.p.best:
-            self.p.best = loss
+        if loss < self.p.best or self.cfg.keep == "last":
+            self.p.best = min(loss, self.p.best)
             if self.main:
-                ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(), half=self.cfg.half)
+                ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(loss), half=self.cfg.half)
         if not scheduled:
             return
         if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -444,7 +449,8 @@ class Trainer:
             metrics = self.evaluate()
             self.log({"step": self.p.step, "epoch": self.p.epoch, **metrics})
             self.p.best = min(self.p.best, metrics["val_loss"])  # (after the resume state was saved)
-            ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(), half=self.cfg.half)
+            ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(metrics["val_loss"]),
+                                 half=self.cfg.half)
 
 
 def run(argv: list[str]) -> int:

@@ -72,21 +72,29 @@ def smoke_train(config: Path, out: Path, capsys, *extra: str) -> None:
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.toml")))
-def test_every_shipped_recipe_retrains_and_evaluates(capsys, tmp_path, config):
-    """Smoke run of each shipped recipe, exactly as documented, for two steps; then `eval` reads the result.
-    A recipe that starts from another recipe's run (the sentiment classifier's stage 2 from stage 1's
-    runs/sentiment-base) starts from that recipe's smoke run."""
-    recipe = tomllib.loads((CONFIGS / config).read_text())
+def smoke_chain(config: Path, out: Path, capsys) -> dict:
+    """Smoke-train `config`, first smoke-training the recipe whose run (runs/...) it starts from, and so on up
+    the chain; returns the recipe."""
+    recipe = tomllib.loads(config.read_text())
     extra = []
     if recipe.get("init_from", "").startswith("runs/"):
         first = next(p for p in CONFIGS.glob("*.toml")
                      if tomllib.loads(p.read_text()).get("out") == recipe["init_from"])
-        smoke_train(first, tmp_path / "first", capsys)
-        extra = [f"--{key.replace('_', '-')}={tmp_path / 'first'}" for key in ("init_from", "distill_from")
+        base = out.parent / f"{out.name}-{first.stem}"
+        smoke_chain(first, base, capsys)
+        extra = [f"--{key.replace('_', '-')}={base}" for key in ("init_from", "distill_from")
                  if recipe.get(key) == recipe["init_from"]]
+    smoke_train(config, out, capsys, *extra)
+    return recipe
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_every_shipped_recipe_retrains_and_evaluates(capsys, tmp_path, config):
+    """Smoke run of each shipped recipe, exactly as documented, for two steps; then `eval` reads the result.
+    A recipe that starts from another recipe's run (the sentiment classifier's stage 2 from stage 1's
+    runs/sentiment-base; the chat model's later stages) starts from that recipe's smoke run, in turn."""
     out = tmp_path / "run"
-    smoke_train(CONFIGS / config, out, capsys, *extra)
+    recipe = smoke_chain(CONFIGS / config, out, capsys)
     assert main(["eval", "--checkpoint", str(out), "--corpus", recipe["corpus"][0], "--max-examples", "16",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

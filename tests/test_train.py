@@ -10,6 +10,7 @@ import torch
 from nlp.checkpoint import load_checkpoint, read_train_log
 from nlp.config import resolve_config
 from nlp.decoding import GenerationConfig, make_generator
+from nlp.errors import ConfigError
 from nlp.evaluate import evaluate
 from nlp.serve import chat_reply, classify, continue_text
 from nlp.train import Trainer
@@ -102,6 +103,26 @@ def test_a_finished_run_evaluates_the_steps_after_its_last_periodic_evaluation(t
     result = train_tiny("sentiment", out, tokenizer.path, "--epochs", "1", "--eval-every", "3")
     evals = [r["step"] for r in log_of(out) if "val_loss" in r]
     assert result["step"] % 3 and evals[-1] == result["step"]
+
+
+@pytest.mark.parametrize("keep,saved_step", [("best", 2), ("last", 6)])
+def test_keep_chooses_the_lowest_validation_loss_or_the_last_model(tmp_path, tokenizer, monkeypatch, keep,
+                                                                   saved_step):
+    """A validation loss that only rises (as chat's reply NLL may under context_contrast): keep = best stays with
+    the first evaluation's model, keep = last takes each evaluation's; the config says which and its own loss."""
+    real = Trainer.evaluate
+
+    def rising(self):
+        return {**real(self), "val_loss": float(self.p.step)}
+
+    monkeypatch.setattr(Trainer, "evaluate", rising)
+    out = tmp_path / keep
+    train_tiny("sentiment", out, tokenizer.path, "--max-steps", "6", "--epochs", "3", "--eval-every", "2",
+               "--patience", "0", "--keep", keep)
+    progress = json.loads((out / "config.json").read_text())["progress"]
+    assert progress["step"] == saved_step and progress["val_loss"] == saved_step and progress["best_val_loss"] == 2
+    with pytest.raises(ConfigError, match="keep must be best or last"):
+        train_tiny("sentiment", tmp_path / "bad", tokenizer.path, "--keep", "newest")
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
