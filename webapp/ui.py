@@ -38,7 +38,8 @@ FIRST_REPLY = threading.Event()
 # the commands that rebuild each shipped checkpoint (the README's Training section has the details)
 RECIPES = {"lm": "python -m nlp train --config configs/lm.toml",
            "chat": "python -m nlp train --config configs/chat.toml\n"
-                   "python -m nlp train --config configs/chat-whole.toml",
+                   "python -m nlp train --config configs/chat-whole.toml\n"
+                   "python -m nlp train --config configs/chat-contrast.toml",
            "sentiment": "python -m nlp train --config configs/sentiment.toml\n"
                         "python -m nlp train --config configs/sentiment-negation.toml"}
 
