@@ -114,6 +114,11 @@ def rebuild_hint(path: Path) -> str:
     return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (README: Training)"
 
 
+def train_log_file(path: str | Path) -> Path:
+    """The training log of a checkpoint folder, or `path` itself when it is a log file."""
+    return Path(path) if Path(path).is_file() else Path(path) / LOG
+
+
 def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[dict]:
     """The records of a checkpoint's train_log.jsonl (or of a log file), as the weights saw them.
 
@@ -123,7 +128,7 @@ def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[
     A half-written or damaged line is skipped (and counted in `problems`, when given). A missing log reads as
     no records.
     """
-    file = Path(path) if Path(path).is_file() else Path(path) / LOG  # a checkpoint folder, or a log file
+    file = train_log_file(path)
     try:
         lines = file.read_text(encoding="utf-8", errors="replace").splitlines() if file.exists() else []
     except OSError as e:

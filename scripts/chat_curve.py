@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nlp import data as D  # noqa: E402
-from nlp.checkpoint import LOG, read_train_log  # noqa: E402
+from nlp.checkpoint import read_train_log, train_log_file  # noqa: E402
 from nlp.config import TrainConfig  # noqa: E402
 from nlp.tasks import ChatTask  # noqa: E402
 from nlp.tokenizer import PAD, Tokenizer  # noqa: E402
@@ -34,10 +34,6 @@ from nlp.train import load_splits  # noqa: E402
 SHIPPED = [ROOT / "checkpoints" / "chat" / f  # stages 1, 2 and 3
            for f in ("base_train_log.jsonl", "whole_train_log.jsonl", "train_log.jsonl")]
 STARTS = ("init_from", "start")  # the records a (resumed) run writes first
-
-
-def log_file(path: Path) -> Path:
-    return path if path.is_file() else path / LOG
 
 
 def wall_clock(file: Path) -> tuple[dict[float, float], float]:
@@ -77,7 +73,7 @@ def tokens_and_words(config: dict, tok: Tokenizer) -> tuple[int, int, int]:
 def curve(paths: list[Path], tok: Tokenizer) -> dict:
     stages, spent = [], 0.0
     for path in paths:
-        file = log_file(path)
+        file = train_log_file(path)
         records = read_train_log(file)
         starts = [r["config"] for r in records if r.get("event") == "start" and isinstance(r.get("config"), dict)]
         if not starts or starts[-1].get("task") != "chat":
