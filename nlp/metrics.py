@@ -1,5 +1,5 @@
 """Metrics: perplexity (per token and per word), accuracy / macro-F1 / confusion, Pearson r, BLEU (nltk),
-ParlAI-style token F1, distinct-n, and a repetition check."""
+ParlAI-style token F1, distinct-n, and two repetition checks."""
 
 from __future__ import annotations
 
@@ -91,7 +91,17 @@ def max_ngram_repeats(text: str, n: int = 3) -> int:
     return max(counts.values()) if counts else 0
 
 
+def repeats_a_word(text: str, times: int = 3) -> bool:
+    """Whether one content word (alphabetic, not an English stop word) occurs `times` times or more in a text:
+    "I work in a work class ... I don't work for my work" does, "I don't know, I don't think so" does not."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    counts = Counter(w for w in words(text) if w.isalpha() and w not in ENGLISH_STOP_WORDS)
+    return max(counts.values(), default=0) >= times
+
+
 def dialogue_scores(preds: list[str], refs: list[str]) -> dict:
     return {"f1": mean_f1(preds, refs), "bleu": bleu(preds, refs), "distinct_1": distinct_n(preds, 1),
             "distinct_2": distinct_n(preds, 2), "empty_replies": sum(not p.strip() for p in preds),
-            "max_trigram_repeats": max((max_ngram_repeats(p) for p in preds), default=0)}
+            "max_trigram_repeats": max((max_ngram_repeats(p) for p in preds), default=0),
+            "repetitive_replies": sum(map(repeats_a_word, preds)) / max(len(preds), 1)}

@@ -29,6 +29,14 @@ def test_bleu_distinct_and_repeats():
     assert M.max_ngram_repeats("yes yes yes yes yes") == 3
 
 
+def test_repetitive_replies_count_a_content_word_said_three_times():
+    assert M.repeats_a_word("I work in a work class, but I don't work for my work.")
+    assert not M.repeats_a_word("I don't know, I don't think so. I don't.")  # stop words only
+    assert not M.repeats_a_word("Work, work.") and M.repeats_a_word("Work, work.", times=2)
+    scores = M.dialogue_scores(["hiking hiking hiking", "I like hiking", ""], ["a", "b", "c"])
+    assert scores["repetitive_replies"] == 1 / 3
+
+
 def test_pearson():
     assert math.isclose(M.pearson([1, 2, 3], [2, 4, 6]), 1.0)
     assert math.isnan(M.pearson([1, 1], [1, 2]))
