@@ -67,19 +67,22 @@ class Overlap:
     serving needs no corpus. "▁the" or "▁I" weigh little, "▁hiking" much; special and byte pieces nothing.
     Compared on chitchat validation rows by Hits@1 of 20 beside the model's score, squared information did
     better than plain information and nearly as well as document frequencies counted on the (lowercased)
-    training split, which would need a table of their own."""
+    training split, which would need a table of their own.
+    With reply_once, a reply's pieces count once each however often they occur, so a candidate cannot raise its
+    overlap by repeating the context's rarest word (scripts/overlap_weight.py compares the two)."""
 
-    def __init__(self, piece_weights: list[float]):
+    def __init__(self, piece_weights: list[float], reply_once: bool = False):
         self.piece_weights = piece_weights
+        self.reply_once = reply_once
 
     @classmethod
     def of(cls, tokenizer) -> Overlap:
         """The overlap under `tokenizer`'s pieces, built once per tokenizer (a chat reply reuses it)."""
         return _overlap_of(tokenizer)
 
-    def vector(self, ids: list[int]) -> tuple[dict[int, float], float]:
-        """The weighted bag of a text's pieces (sparse) and its length."""
-        v = {t: (1.0 + math.log(c)) * self.piece_weights[t] for t, c in Counter(ids).items()
+    def vector(self, ids: list[int], once: bool = False) -> tuple[dict[int, float], float]:
+        """The weighted bag of a text's pieces (sparse; each counted once with `once`) and its length."""
+        v = {t: (1.0 if once else 1.0 + math.log(c)) * self.piece_weights[t] for t, c in Counter(ids).items()
              if self.piece_weights[t] > 0}
         return v, math.sqrt(sum(x * x for x in v.values()))
 
@@ -92,7 +95,7 @@ class Overlap:
             if key not in cache:
                 cache[key] = self.vector(ctx)
             cv, cn = cache[key]
-            rv, rn = self.vector(reply)
+            rv, rn = self.vector(reply, self.reply_once)
             dot = sum(x * cv.get(t, 0.0) for t, x in rv.items())
             out.append(dot / (cn * rn) if cn and rn else 0.0)
         return torch.tensor(out)

@@ -129,6 +129,15 @@ def test_overlap_is_the_cosine_of_weighted_sublinear_piece_counts():
     torch.testing.assert_close(got, torch.tensor([ctx[2] * reply[2] / norm, 0.0, 0.0]))
 
 
+def test_overlap_with_reply_once_counts_a_repeated_reply_piece_once():
+    ov, once = R.Overlap([0.0, 1.0, 2.0, 3.0]), R.Overlap([0.0, 1.0, 2.0, 3.0], reply_once=True)
+    ctx = [[1, 3]] * 2
+    plain, repeated = [3, 1, 2], [3, 3, 3, 1, 2]  # the context's rarest piece (3) said three times
+    assert ov(ctx, [repeated, plain])[0] > ov(ctx, [repeated, plain])[1]  # repetition pays under 1 + log(count)
+    torch.testing.assert_close(once(ctx, [repeated, plain]), once(ctx, [plain, plain]))  # not when counted once
+    torch.testing.assert_close(once([[1, 2, 2, 3]], [[2, 1]]), ov([[1, 2, 2, 3]], [[2, 1]]))  # context: as before
+
+
 def test_overlap_favours_a_reply_that_shares_the_rare_words_of_its_context():
     from nlp.tokenizer import SEP, Tokenizer
 
