@@ -9,7 +9,7 @@ at that run's `max_tgt_len`), rebuilt from the configuration its log records; a 
 logged the word perplexity gets it from the reply loss and those batches' tokens and words, counted as `eval`
 counts them (a reply's whitespace-separated words plus one for its end).
 
-    python scripts/chat_curve.py                                  # the shipped model's three stages
+    python scripts/chat_curve.py                                  # the shipped model's four stages
     python scripts/chat_curve.py runs/chat --json
 """
 
@@ -31,8 +31,8 @@ from nlp.tasks import ChatTask  # noqa: E402
 from nlp.tokenizer import PAD, Tokenizer  # noqa: E402
 from nlp.train import load_splits  # noqa: E402
 
-SHIPPED = [ROOT / "checkpoints" / "chat" / f  # stages 1, 2 and 3
-           for f in ("base_train_log.jsonl", "whole_train_log.jsonl", "train_log.jsonl")]
+SHIPPED = [ROOT / "checkpoints" / "chat" / f  # stages 1 to 4
+           for f in ("base_train_log.jsonl", "whole_train_log.jsonl", "contrast_train_log.jsonl", "train_log.jsonl")]
 STARTS = ("init_from", "start")  # the records a (resumed) run writes first
 
 

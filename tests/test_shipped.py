@@ -148,14 +148,14 @@ def test_the_generate_page_shows_the_shipped_lm_as_prose(monkeypatch):
 
 def test_readme_chat_curve_comes_from_the_shipped_training_logs():
     """Issue 11 asks for the curve of each bar against training time: the README's table is what
-    `scripts/chat_curve.py` reads off the three stages' logs (stage 1's word perplexity from its reply loss)."""
+    `scripts/chat_curve.py` reads off the four stages' logs (stage 1's word perplexity from its reply loss)."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat_curve.py"), "--json"], capture_output=True,
                          text=True, check=True)
     curve = json.loads(out.stdout)
-    assert [s["max_tgt_len"] for s in curve["stages"]] == [40, 128, 128]
+    assert [s["max_tgt_len"] for s in curve["stages"]] == [40, 128, 128, 128]
     section = readme_section("Chat model")
     for i, stage in enumerate(curve["stages"], 1):
         assert stage["points"] and [p["word_perplexity_logged"] for p in stage["points"]] == [i > 1] * len(

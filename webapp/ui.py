@@ -39,7 +39,8 @@ FIRST_REPLY = threading.Event()
 RECIPES = {"lm": "python -m nlp train --config configs/lm.toml",
            "chat": "python -m nlp train --config configs/chat.toml\n"
                    "python -m nlp train --config configs/chat-whole.toml\n"
-                   "python -m nlp train --config configs/chat-contrast.toml",
+                   "python -m nlp train --config configs/chat-contrast.toml\n"
+                   "python -m nlp train --config configs/chat-contrast-strong.toml",
            "sentiment": "python -m nlp train --config configs/sentiment.toml\n"
                         "python -m nlp train --config configs/sentiment-negation.toml"}
 
