@@ -190,9 +190,8 @@ def test_a_bf16_carry_resumes_in_the_weights_dtype(tmp_path):
     torch.manual_seed(0)
     rnn = torch.nn.LSTM(4, 3, batch_first=True)
     opt = torch.optim.AdamW(rnn.parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, carry = rnn(torch.randn(2, 5, 4))
-    assert carry[0].dtype == torch.bfloat16
+    _, carry = rnn(torch.randn(2, 5, 4))
+    carry = tuple(t.bfloat16() for t in carry)  # what the LSTM returns under bf16 autocast on a CPU that has bf16
     train_state.save(tmp_path, rnn, opt, None, carries=[carry])
     info, tensors = train_state.read(tmp_path)
     restored = train_state.restore(tmp_path, info, tensors, rnn, opt, None)
