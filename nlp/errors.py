@@ -33,3 +33,7 @@ class TrainingError(Exception):
 class NonFiniteScores(GenerationError):
     """The model's next-token scores hold NaN or infinity (its weights or an input overflowed): nothing sensible
     can be sampled from them."""
+
+
+class ReplyIndexError(CheckpointError):
+    """A chat checkpoint's reply index is missing, damaged or unreadable; the message says how to rebuild it."""
