@@ -107,6 +107,7 @@ class Checkpoint:
     config: dict
     metrics: dict | None
     problems: list[str] = field(default_factory=list)  # what was wrong with the informative files, said once
+    ranker: nn.Module | None = None  # a chat model's learned ranker (nlp.ranker), attached by nlp.serve
 
 
 def rebuild_hint(path: Path) -> str:
