@@ -6,6 +6,8 @@
     python -m nlp train --config configs/lm.toml
     python -m nlp eval --checkpoint checkpoints/lm --corpus wikitext2 --split test --json
     python -m nlp generate --checkpoint checkpoints/lm --prompt "The history of" --seed 1
+    python -m nlp index --checkpoint checkpoints/chat
+    python -m nlp train-ranker --checkpoint checkpoints/chat
     python -m nlp chat --checkpoint checkpoints/chat
     python -m nlp sentiment --checkpoint checkpoints/sentiment "What a wonderful film."
 """
@@ -218,12 +220,51 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_index(a) -> int:
+    from nlp.checkpoint import read_config
+    from nlp.retrieval import build_index, index_path
+
+    config = read_config(a.checkpoint)
+    if config["task"] != "chat":
+        raise CheckpointError(f"{a.checkpoint} holds no chat model: a reply index serves a chat checkpoint")
+    corpora = a.corpus or config.get("train", {}).get("corpus") or ["chitchat", "cornell"]
+    out = index_path(a.checkpoint)
+    index = build_index(corpora, out)
+    print(f"{len(index):,} replies ({', '.join(f'{c} {n:,}' for c, n in index.info['per_corpus'].items())}) "
+          f"indexed in {out}")
+    return 0
+
+
+def cmd_train_ranker(a) -> int:
+    from nlp.serve import open_checkpoint, open_index
+    from nlp.train_ranker import train_ranker
+
+    if not 0 <= a.opening_share <= 1:
+        raise ConfigError(f"--opening-share must be from 0 to 1, got {a.opening_share}")
+    ck = open_checkpoint(a.checkpoint, task="chat", ranker=False)
+    index = open_index(ck)
+    if index is None:
+        raise CheckpointError(f"{a.checkpoint} has no reply index; build it first: python -m nlp index "
+                              f"--checkpoint {a.checkpoint}")
+    corpora = a.corpus or index.corpora
+    info = train_ranker(ck, index, corpora, rows=a.rows, val_rows=a.val_rows, val_corpus=a.val_corpus,
+                        negatives=a.distractors, generated=a.generated, opening_share=a.opening_share,
+                        epochs=a.epochs, seed=a.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"ranker saved in {a.checkpoint}: validation Hits@1 {info['val_hits_at_1']:.3f} among "
+          f"{a.distractors + a.generated + 1} (chance {info['chance']:.3f}), epoch {info['epoch']}")
+    return 0
+
+
 def cmd_chat(a) -> int:
     from nlp.decoding import make_generator
-    from nlp.serve import chat_reply, check_text
+    from nlp.serve import chat_reply, check_text, open_index
 
     ck = load(a.checkpoint, "chat", a.impl)
     cfg = generation_config(a, ck)
+    index = open_index(ck) if a.source != "generated" else None
+    if index is None and a.source == "retrieved":
+        raise CheckpointError(f"{a.checkpoint} has no reply index for --source retrieved; build it with: "
+                              f"python -m nlp index --checkpoint {a.checkpoint}")
     g = make_generator(a.seed)
     history: list[str] = []
     interactive = sys.stdin.isatty()
@@ -249,14 +290,25 @@ def cmd_chat(a) -> int:
             print(f"({e})")
             continue
         history.append(line)
-        reply = chat_reply(ck, history, cfg, g)
+        reply = chat_reply(ck, history, cfg, g, source=a.source, index=index)
         sys.stdout.write("bot> ")
         for piece in reply.stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
+        if a.show_source:
+            sys.stdout.write(f"  [{source_line(reply)}]")
         sys.stdout.write("\n")
         history.append(reply.text)
     return 0
+
+
+def source_line(reply) -> str:
+    """Where a chat reply came from, in a few words."""
+    if reply.source == "plain":
+        return "nothing in the training dialogues fit well enough"
+    if reply.source == "retrieved":
+        return f"a reply from the {reply.corpus} training dialogues"
+    return "written by the model"
 
 
 def cmd_sentiment(a) -> int:
@@ -353,6 +405,32 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--write", action="store_true", help="store the rule in the checkpoint's config.json")
     ts.set_defaults(fn=cmd_tune_sentiment)
 
+    ix = sub.add_parser("index", help="build a chat checkpoint's reply index: the training replies, found by the "
+                        "contexts they answered (CHECKPOINT/index)")
+    ix.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    ix.add_argument("--corpus", action="append", help="a dialogue corpus to index (repeatable; default: the "
+                    "corpora the model was trained on)")
+    ix.set_defaults(fn=cmd_index)
+
+    tr = sub.add_parser("train-ranker", help="train a chat checkpoint's ranker against hard candidates (the "
+                        "replies of similar training contexts); needs its reply index")
+    tr.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    tr.add_argument("--corpus", action="append", help="dialogue corpora of the training rows (default: the "
+                    "index's)")
+    tr.add_argument("--rows", type=at_least(10), default=4000, help="training rows (default 4000)")
+    tr.add_argument("--val-rows", type=at_least(10), default=500, help="validation rows that choose the epoch "
+                    "(default 500)")
+    tr.add_argument("--val-corpus", default="chitchat", help="corpus of the validation rows (default chitchat)")
+    tr.add_argument("--distractors", type=at_least(3), default=9, help="distractors a row: all but 2 from "
+                    "similar contexts, 2 random (default 9)")
+    tr.add_argument("--generated", type=at_least(0), default=3, help="replies the decoder samples for each row, "
+                    "as further distractors (default 3)")
+    tr.add_argument("--opening-share", type=float, default=0.5, help="share of rows that answer a conversation's "
+                    "first turn, as most of the app's replies do (default 0.5)")
+    tr.add_argument("--epochs", type=at_least(1), default=30, help="passes over the features (default 30)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the rows, distractors and initialisation")
+    tr.set_defaults(fn=cmd_train_ranker)
+
     ps = sub.add_parser("probe-sentiment", help="accuracy on negated and contrastive phrases "
                         "(scripts/sentiment_probe.jsonl) or on another probe file, such as the plain statements "
                         "of scripts/sentiment_neutral_probe.jsonl")
@@ -375,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--multiline", action="store_true", help="go on past the end of a line")
             s.add_argument("--raw", action="store_true", help="print the tokens as the model wrote them (WikiText "
                            "markup such as ' @-@ ' and spaces before punctuation) instead of readable text")
+        if name == "chat":
+            s.add_argument("--source", choices=["retrieved", "both", "generated"], default="retrieved",
+                           help="where candidate replies come from: the training replies of the reply index "
+                                "(default; a plain reply when none fits), the decoder, or both (one score ranks "
+                                "them)")
+            s.add_argument("--show-source", action="store_true", help="say after each reply where it came from")
         if name == "sentiment":
             s.add_argument("text", nargs="*", help="texts to classify")
             s.add_argument("--file", help="a UTF-8 text file, one text a line")

@@ -17,6 +17,7 @@ into CHECKPOINT/metrics.json under "CORPUS:SPLIT" (or writes it to --output).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -24,6 +25,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nlp import data as D
@@ -33,13 +35,18 @@ from nlp import ranking as R
 from nlp.checkpoint import METRICS, Checkpoint, CheckpointError, read_metrics, write_json
 from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, beam_search, make_generator, sample_batch
+from nlp.ranker import RANKER_CONFIG
+from nlp.retrieval import MANIFEST, index_path
 from nlp.serve import (
     NEUTRAL,
     VERDICTS,
     NeutralRule,
+    candidate_scores,
+    chat_reply,
     classify,
     default_decoding,
     length_cut,
+    open_index,
     ranking_weights,
     sentence_cut,
 )
@@ -257,31 +264,73 @@ def probe_sentiment(ck: Checkpoint, path: Path = PROBE) -> dict:
 
 
 # --------------------------------------------------------------------------- chat
-class TfidfRetriever:
-    """The retrieval baseline: the training context most like the last turn (TF-IDF cosine) -> its reply."""
+class Tfidf:
+    """The TF-IDF baselines' one vectorizer, fitted on the training split's turns and replies (word 1-2 grams,
+    sublinear counts): retrieval (the training context whose last turn is nearest to the message -> its
+    reply), ranking (candidates by cosine with the context) and the hard distractors (the replies of the
+    training contexts nearest to a message)."""
 
     def __init__(self, train):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.replies = list(train["response"])
-        self.vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-        self.X = self.vec.fit_transform([c[-1] if c else "" for c in train["context"]])
+        last_turns = [c[-1] if c else "" for c in train["context"]]
+        self.vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True)
+        self.vec.fit(last_turns + self.replies)
+        self.X = self.vec.transform(last_turns)
+
+    def nearest(self, messages: list[str], k: int) -> list[list[int]]:
+        """For each message, the k training rows whose last context turn is most like it, nearest first."""
+        Q = self.vec.transform(messages)
+        out = []
+        for start in range(0, Q.shape[0], 256):  # (q, n) similarity in slices keeps memory flat
+            sims = (Q[start:start + 256] @ self.X.T).toarray()
+            top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+            out += [row[np.argsort(-s[row], kind="stable")].tolist() for row, s in zip(top, sims)]
+        return out
 
     def reply(self, contexts: list[list[str]]) -> list[str]:
-        Q = self.vec.transform([c[-1] if c else "" for c in contexts])
-        best = []
-        for start in range(0, Q.shape[0], 256):  # (q, n) similarity in slices keeps memory flat
-            best += (Q[start:start + 256] @ self.X.T).toarray().argmax(1).tolist()
-        return [self.replies[i] for i in best]
+        """The retrieval baseline: the reply of the nearest training context to each context's last turn."""
+        return [self.replies[rows[0]] for rows in self.nearest([c[-1] if c else "" for c in contexts], 1)]
+
+    def cosine(self, texts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        """The cosine of each text with each of its candidates."""
+        Q = self.vec.transform(texts)
+        return [(self.vec.transform(cands) @ Q[i].T).toarray().ravel().tolist()
+                for i, cands in enumerate(candidates)]
 
 
-def chat_baselines(train, contexts: list[list[str]], refs: list[str]) -> dict:
-    retrieved = TfidfRetriever(train).reply(contexts)
+def hard_distractors(tfidf: Tfidf, contexts: list[list[str]], refs: list[str], k: int) -> list[list[str]]:
+    """For each row, k distinct replies of the training contexts nearest to its last turn by TF-IDF, none of
+    them its own reply's text: distractors on the same topic, which only a ranker that reads the message as
+    a whole can tell from the reply the row got."""
+    out = []
+    for ref, rows in zip(refs, tfidf.nearest([c[-1] for c in contexts], 20 * k)):
+        own, kept = M.normalize_answer(ref), []
+        for j in rows:
+            text = tfidf.replies[j]
+            if M.normalize_answer(text) != own and text not in kept:
+                kept.append(text)
+            if len(kept) == k:
+                break
+        out.append(kept)
+    return out
+
+
+CONSTANT_REPLY = "I do not know, what about you?"
+
+
+def chat_baselines(tfidf: Tfidf, train, contexts: list[list[str]], refs: list[str]) -> dict:
+    """Trivial systems' scores beside the model's: retrieval, the most frequent reply, a constant reply, and
+    echoing the last turn or the whole context."""
     train_resp = list(train["response"])
     common = Counter(M.normalize_answer(r) for r in train_resp).most_common(1)[0][0]
     frequent = next(r for r in train_resp if M.normalize_answer(r) == common)
-    return {"tfidf_retrieval": M.dialogue_scores(retrieved, refs),
-            "most_frequent_reply": {"reply": frequent, **M.dialogue_scores([frequent] * len(refs), refs)}}
+    return {"tfidf_retrieval": M.dialogue_scores(tfidf.reply(contexts), refs),
+            "most_frequent_reply": {"reply": frequent, **M.dialogue_scores([frequent] * len(refs), refs)},
+            "constant_reply": {"reply": CONSTANT_REPLY, "f1": M.mean_f1([CONSTANT_REPLY] * len(refs), refs)},
+            "echo_last_turn": {"f1": M.mean_f1([c[-1] for c in contexts], refs)},
+            "echo_context": {"f1": M.mean_f1([" ".join(c) for c in contexts], refs)}}
 
 
 def derangement(n: int, rng: random.Random) -> list[int]:
@@ -323,21 +372,6 @@ def ranking_candidates(n: int, k: int, rng: random.Random) -> tuple[list[list[in
     return cands, truth
 
 
-def tfidf_ranking(train, contexts: list[list[str]], refs: list[str], cands: list[list[int]],
-                  truth: list[int]) -> dict:
-    """The same candidates ranked by TF-IDF cosine between the context and each candidate reply."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vec = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True)
-    vec.fit([context_text(c) for c in train["context"]] + list(train["response"]))
-    Q, R = vec.transform([context_text(c) for c in contexts]), vec.transform(refs)
-    hits = 0
-    for i, (idx, t) in enumerate(zip(cands, truth)):
-        sims = (Q[i] @ R[idx].T).toarray()[0]
-        hits += int(sims.argmax() == t)
-    return {"hits_at_1": hits / max(len(cands), 1)}
-
-
 def chat_rows(ck: Checkpoint, dd, split: str, max_examples: int, seed: int):
     """The rows of a split that make an example (a non-empty context and reply), so NLL and word counts cover
     the same rows; with max_examples, a fixed, seeded sample of them. -> (rows, examples, contexts)."""
@@ -352,18 +386,26 @@ def chat_rows(ck: Checkpoint, dd, split: str, max_examples: int, seed: int):
     return ds, examples, [c[-turns:] for c in ds["context"]]
 
 
-def ranking_components(model, examples: list, cands: list[list[int]], prior: bool, overlap: R.Overlap | None = None):
-    """Components of the ranking score for each row's candidates (rows x k), the overlap term if given one,
-    and the prior term if asked."""
-    comp = R.components(model, [e.src for e in examples], [[examples[j].tgt for j in idx] for idx in cands])
-    if overlap is not None:
-        comp.overlap = overlap([e.src for e, idx in zip(examples, cands) for _ in idx],
-                               [examples[j].tgt for idx in cands for j in idx])
-    prior_scores = None
-    if prior:
-        own = R.prior_loglik(model, [e.tgt for e in examples])
-        prior_scores = torch.stack([own[idx] for idx in cands]).view(-1)
-    return comp, prior_scores
+def hits(scores: list[list[float]], truth: list[int]) -> float:
+    """Share of rows whose true candidate scores strictly above every other (a tie is a miss)."""
+    right = sum(all(s[t] > x for j, x in enumerate(s) if j != t) for s, t in zip(scores, truth))
+    return right / max(len(truth), 1)
+
+
+def ranking_scores(ck: Checkpoint, examples: list, candidates: list[list[list[int]]]) -> dict[str, list[list[float]]]:
+    """Each row's candidates (token ids) scored by the app's score, by the model's part of it alone and by the
+    word overlap alone."""
+    src = [e.src for e in examples]
+    model = candidate_scores(ck, src, candidates, overlap=False)
+    ov = R.Overlap.of(ck.tokenizer)
+    flat = [c for group in candidates for c in group]
+    overlap = ov([s for s, group in zip(src, candidates) for _ in group], flat).tolist()
+    if ck.ranker is not None:  # the app's score is the ranker's plus its weight of the overlap
+        app = [m + ck.ranker.overlap_weight * o for m, o in zip(model, overlap)]
+    else:
+        app = candidate_scores(ck, src, candidates)
+    split = lambda xs: [xs[sum(map(len, candidates[:i])):][:len(g)] for i, g in enumerate(candidates)]  # noqa: E731
+    return {"app": split(app), "model": split(model), "overlap": split(overlap)}
 
 
 @torch.no_grad()
@@ -375,48 +417,78 @@ def eval_chat(ck: Checkpoint, dd, split: str, max_examples: int, gen: Generation
     total, tokens = reply_nll(model, examples)
     n_words = D.word_count(ds["response"])  # + 1 a reply: its end, as for the LM
     metrics = M.perplexities(total, tokens, n_words)
-    # how much the context matters: the same replies after the contexts of other rows
+    # how much the context matters: the same replies after a random other row's context (a seeded derangement)
     perm = derangement(len(examples), random.Random(seed))
     swapped, _ = reply_nll(model, [D.ChatExample(examples[j].src, e.tgt) for j, e in zip(perm, examples)])
-    metrics["context_gain"] = (swapped - total) / max(tokens, 1)
-    # Hits@1 of 20: the true reply among 19 of other rows, ranked by the score the app ranks candidates with
-    weights = ranking_weights(ck)
+    metrics["nll_true_context"] = total / max(tokens, 1)
+    metrics["nll_other_context"] = swapped / max(tokens, 1)
+    metrics["context_gain"] = metrics["nll_other_context"] - metrics["nll_true_context"]
     refs = list(ds["response"])
-    k = min(RANK_CANDIDATES, len(examples))
-    cands, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
-    baselines = chat_baselines(dd["train"], contexts, refs)
+    tfidf = Tfidf(dd["train"])
+    baselines = chat_baselines(tfidf, dd["train"], contexts, refs)
     # rows whose whole context (its last `turns` turns) occurs verbatim in the training split: splits are by
     # conversation, yet short openings ("hi!") repeat across conversations
     turns = ck.config.get("train", {}).get("context_turns", 3)
     seen = {tuple(c[-turns:]) for c in dd["train"]["context"]}
     metrics["contexts_in_train"] = sum(tuple(c) in seen for c in contexts) / max(len(contexts), 1)
+    # Hits@1: the true reply among RANK_CANDIDATES - 1 others, (a) replies of random other rows, (b) hard ones:
+    # the replies of the training contexts nearest to the row's last turn
+    k = min(RANK_CANDIDATES, len(examples))
     if k > 1:
-        comp, prior = ranking_components(model, examples, cands, R.needs_prior(weights),
-                                         R.Overlap.of(ck.tokenizer) if weights.overlap else None)
-        scores = R.combine(comp, weights, prior).view(len(examples), k)
-        metrics["hits_at_1"] = float((scores.argmax(1) == torch.tensor(truth)).float().mean())
-        metrics["hits_at_1_candidates"] = k
-        metrics["hits_at_1_chance"] = 1 / k
-        baselines["tfidf_ranking"] = tfidf_ranking(dd["train"], contexts, refs, cands, truth)
-    # replies under the given decoding
-    reply_ids = chat_reply_ids(ck, [e.src for e in examples], gen, weights, seed)
-    replies = [ck.tokenizer.decode(r) for r in reply_ids]
+        rows, truth = ranking_candidates(len(examples), k, random.Random(seed + 1))
+        easy = ranking_scores(ck, examples, [[examples[j].tgt for j in idx] for idx in rows])
+        tf_easy = tfidf.cosine([context_text(c) for c in contexts], [[refs[j] for j in idx] for idx in rows])
+        hard_texts = [[ref] + d for ref, d in zip(refs, hard_distractors(tfidf, contexts, refs, RANK_CANDIDATES - 1))]
+        hard = ranking_scores(ck, examples, [ck.tokenizer.encode_batch(t) for t in hard_texts])
+        tf_hard = tfidf.cosine([context_text(c) for c in contexts], hard_texts)
+        zeros = [0] * len(examples)
+        metrics.update(hits_at_1=hits(easy["app"], truth), hits_at_1_model=hits(easy["model"], truth),
+                       hits_at_1_hard=hits(hard["app"], zeros), hits_at_1_candidates=k, hits_at_1_chance=1 / k)
+        baselines["overlap_ranking"] = {"hits_at_1": hits(easy["overlap"], truth),
+                                        "hits_at_1_hard": hits(hard["overlap"], zeros)}
+        baselines["tfidf_ranking"] = {"hits_at_1": hits(tf_easy, truth), "hits_at_1_hard": hits(tf_hard, zeros)}
+    # replies as the app gives them (with the reply index when the checkpoint has one)
+    index = open_index(ck)
+    shown = app_replies(ck, contexts, gen, seed, index)
+    reply_ids = [r["ids"] for r in shown]
+    replies = [r["text"] for r in shown]
     metrics.update(M.dialogue_scores(replies, refs))
+    metrics["retrieved_share"] = sum(r["source"] == "retrieved" for r in shown) / max(len(shown), 1)
+    metrics["plain_share"] = sum(r["source"] == "plain" for r in shown) / max(len(shown), 1)
     if limit := length_cut(ck, gen.max_new_tokens):
-        # replies that ran into a length limit and stop mid-sentence (what cut_unfinished cuts when it can)
-        metrics["unfinished_replies"] = sum(map(limit.unfinished, reply_ids)) / max(len(reply_ids), 1)
-    metrics["samples"] = [{"context": c, "reply": r, "reference": ref}
-                          for c, r, ref in list(zip(contexts, replies, refs))[:5]]
+        # generated replies that ran into a length limit and stop mid-sentence (what cut_unfinished cuts)
+        written = [i for i, r in zip(reply_ids, shown) if r["source"] == "generated"]
+        metrics["unfinished_replies"] = sum(map(limit.unfinished, written)) / max(len(reply_ids), 1)
+    metrics["samples"] = [{"context": c, "reply": r["text"], "source": r["source"], "reference": ref}
+                          for c, r, ref in list(zip(contexts, shown, refs))[:5]]
     return metrics, baselines
 
 
 RANK_CANDIDATES = 20
 
 
+def app_replies(ck: Checkpoint, contexts: list[list[str]], gen: GenerationConfig, seed: int,
+                index=None) -> list[dict]:
+    """The reply the app shows to each context under a decoding, seeded: {"text", "ids", "source"}. With
+    several sampled candidates and the checkpoint's ranker, each context goes through the app's own path
+    (nlp.serve.chat_reply, its default source, with `index` when given); otherwise the batched
+    `chat_reply_ids`."""
+    if gen.strategy == "sample" and gen.num_candidates > 1 and ck.ranker is not None:
+        out = []
+        for c in contexts:
+            reply = chat_reply(ck, c, gen, make_generator(seed), index=index)
+            "".join(reply.stream)
+            out.append({"text": reply.text, "ids": ck.tokenizer.encode(reply.text), "source": reply.source})
+        return out
+    prompts = [ck.tokenizer.encode_turns(c, ck.config.get("train", {}).get("max_src_len", 96)) for c in contexts]
+    return [{"text": ck.tokenizer.decode(r), "ids": r, "source": "generated"}
+            for r in chat_reply_ids(ck, prompts, gen, ranking_weights(ck), seed)]
+
+
 def chat_replies(ck: Checkpoint, prompts: list[list[int]], gen: GenerationConfig, weights: R.RankWeights,
                  seed: int) -> list[str]:
-    """The reply to each encoded context under a decoding (beam search, sample-and-rank or plain sampling),
-    seeded: what eval scores and tune-chat compares."""
+    """The generated reply to each encoded context under a decoding (beam search, sample-and-rank by the older
+    score or plain sampling), seeded: what tune-chat compares."""
     return [ck.tokenizer.decode(r) for r in chat_reply_ids(ck, prompts, gen, weights, seed)]
 
 
@@ -450,6 +522,20 @@ CANDIDATE_COUNTS = (1, 4, 8, 16)
 # Weights of the overlap term (nlp.ranking.Overlap, a cosine in [0, 1]) that tune-chat tries; the head's score
 # is a learned scale (about 20 for the shipped model) times a cosine, the likelihood terms a few nats a token.
 OVERLAP_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 48.0, 64.0, 96.0)
+
+
+def ranking_components(model, examples: list, cands: list[list[int]], prior: bool, overlap: R.Overlap | None = None):
+    """Components of the older ranking score for each row's candidates (rows x k), the overlap term if given
+    one, and the prior term if asked."""
+    comp = R.components(model, [e.src for e in examples], [[examples[j].tgt for j in idx] for idx in cands])
+    if overlap is not None:
+        comp.overlap = overlap([e.src for e, idx in zip(examples, cands) for _ in idx],
+                               [examples[j].tgt for idx in cands for j in idx])
+    prior_scores = None
+    if prior:
+        own = R.prior_loglik(model, [e.tgt for e in examples])
+        prior_scores = torch.stack([own[idx] for idx in cands]).view(-1)
+    return comp, prior_scores
 
 
 @torch.no_grad()
@@ -524,10 +610,20 @@ def evaluate(ck: Checkpoint, corpus: str, split: str = "test", max_examples: int
     gen = (gen or default_decoding(ck)) if task.decodes else None
     metrics, baselines = task.evaluate(ck, dd, split, max_examples, gen, seed)
     result = {"task": ck.task, "corpus": corpus, "split": split, "checkpoint": str(ck.path),
-              "metrics": metrics, "baselines": baselines, "max_examples": max_examples or None}
+              "weights": measured_files(ck), "metrics": metrics, "baselines": baselines,
+              "max_examples": max_examples or None}
     if task.decodes:
         result["decoding"] = {**gen.__dict__, "seed": seed}
     return result
+
+
+def measured_files(ck: Checkpoint) -> dict:
+    """The sha256 of what a result measured: the weights, and for a chat model its ranker and reply index."""
+    out = {"model.safetensors": ck.config.get("files", {}).get("model.safetensors")}
+    for name, path in (("ranker", ck.path / RANKER_CONFIG), ("index", index_path(ck.path) / MANIFEST)):
+        if ck.task == "chat" and path.is_file():
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def record(result: dict, checkpoint: Path, output: Path | None = None, tag: str = "") -> Path:

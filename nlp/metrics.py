@@ -52,11 +52,12 @@ def pearson(x: list[float], y: list[float]) -> float:
 
 
 _articles = re.compile(r"\b(a|an|the)\b")
-_punct = str.maketrans("", "", string.punctuation)
+_punct = str.maketrans(string.punctuation, " " * len(string.punctuation))
 
 
 def normalize_answer(s: str) -> str:
-    """ParlAI's normalisation: lower case, no punctuation, no articles, single spaces."""
+    """ParlAI's normalisation: lower case, each punctuation mark replaced by a space (so "don't" is "don t"),
+    no articles, single spaces."""
     return " ".join(_articles.sub(" ", s.lower().translate(_punct)).split())
 
 
@@ -91,13 +92,17 @@ def max_ngram_repeats(text: str, n: int = 3) -> int:
     return max(counts.values()) if counts else 0
 
 
-def repeats_a_word(text: str, times: int = 3) -> bool:
-    """Whether one content word (alphabetic, not an English stop word) occurs `times` times or more in a text:
-    "I work in a work class ... I don't work for my work" does, "I don't know, I don't think so" does not."""
+def content_word_counts(text: str) -> Counter:
+    """How often each content word (alphabetic, not an English stop word) occurs in a text."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    counts = Counter(w for w in words(text) if w.isalpha() and w not in ENGLISH_STOP_WORDS)
-    return max(counts.values(), default=0) >= times
+    return Counter(w for w in words(text) if w.isalpha() and w not in ENGLISH_STOP_WORDS)
+
+
+def repeats_a_word(text: str, times: int = 3) -> bool:
+    """Whether one content word occurs `times` times or more in a text: "I work in a work class ... I don't work
+    for my work" does, "I don't know, I don't think so" does not."""
+    return max(content_word_counts(text).values(), default=0) >= times
 
 
 def dialogue_scores(preds: list[str], refs: list[str]) -> dict:

@@ -23,7 +23,7 @@ from datasets import concatenate_datasets  # noqa: E402
 from nlp.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.decoding import make_generator  # noqa: E402
-from nlp.evaluate import TfidfRetriever  # noqa: E402
+from nlp.evaluate import Tfidf  # noqa: E402
 from nlp.serve import chat_reply, continue_text, default_decoding  # noqa: E402
 from nlp.tokenizer import detokenize_wikitext  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
         contexts = everyday()
         train = concatenate_datasets([load_corpus(c)["train"].select_columns(["context", "response"])
                                       for c in chat.config["data"]["corpus"]])
-        retrieved = TfidfRetriever(train).reply(contexts)
+        retrieved = Tfidf(train).reply(contexts)
         print("| conversation (the last turn is the user's) | model reply | TF-IDF retrieval baseline |")
         print("| --- | --- | --- |")
         for seed, (context, base) in enumerate(zip(contexts, retrieved)):  # a seed each: no correlated draws

@@ -75,3 +75,19 @@ def trained(tmp_path_factory, tokenizer):
         train_tiny(task, folder, tokenizer.path, *extra)
         out[task] = folder
     return out
+
+
+@pytest.fixture(scope="session")
+def served_chat(trained, tmp_path_factory):
+    """The tiny chat checkpoint with a reply index of its fixture corpus and a ranker trained on it (the
+    commands `python -m nlp index` and `python -m nlp train-ranker`)."""
+    import shutil
+
+    from nlp.__main__ import main
+
+    folder = tmp_path_factory.mktemp("served") / "chat"
+    shutil.copytree(trained["chat"], folder)
+    assert main(["index", "--checkpoint", str(folder), "--corpus", str(CHAT)]) == 0
+    assert main(["train-ranker", "--checkpoint", str(folder), "--corpus", str(CHAT), "--val-corpus", str(CHAT),
+                 "--rows", "60", "--val-rows", "20", "--distractors", "4", "--epochs", "3"]) == 0
+    return folder

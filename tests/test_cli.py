@@ -124,7 +124,7 @@ def test_every_option_has_help():
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             parsers += list(action.choices.values())
-    assert len(parsers) == 11
+    assert len(parsers) == 13
     for parser in parsers:
         for action in parser._actions:
             if action.option_strings and action.dest != "help":

@@ -17,6 +17,7 @@ def test_classification_metrics():
 
 def test_parlai_f1_normalises_case_punctuation_and_articles():
     assert M.token_f1("The cat, sat!", "a cat sat") == 1.0
+    assert M.normalize_answer("Don't-stop, the music!") == "don t stop music"  # ParlAI: punctuation -> a space
     assert M.token_f1("dog", "cat") == 0.0
     assert math.isclose(M.token_f1("cat sat down", "cat sat"), 0.8)
 

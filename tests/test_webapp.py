@@ -164,6 +164,64 @@ def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, 
     assert "overlap with the conversation" in at.dataframe[0].value.columns
 
 
+def serve_chat_folder(checkpoints: Path, tmp_path: Path, monkeypatch, chat: Path) -> Path:
+    """Serve a copy of `chat` as the chat checkpoint, beside the tiny LM and sentiment model."""
+    own = tmp_path / "own"
+    shutil.copytree(chat, own / "chat")
+    for task in ("lm", "sentiment"):
+        (own / task).symlink_to(checkpoints / task)
+    monkeypatch.setenv("NLP_CHECKPOINTS", str(own))
+    return own / "chat"
+
+
+def ready_index(at: AppTest, folder: Path):
+    """Wait until the page's reply-index loader is done (it loads in a thread of its own)."""
+    import ui
+
+    loader = ui.index_loader(str(folder))
+    assert loader.done.wait(60)
+    return loader
+
+
+def test_each_reply_says_where_it_came_from_and_generated_only_keeps_the_models_own(
+        served_chat, checkpoints, tmp_path, monkeypatch):
+    folder = serve_chat_folder(checkpoints, tmp_path, monkeypatch, served_chat)
+    at = page("chat.py").run()
+    assert ready_index(at, folder).status() == "ready"
+    at.slider(key="chat-candidates").set_value(4).run()
+    at.text_input(key="chat-seed").set_value("1").run()
+    say(at, "do you like cooking?")
+    reply = at.session_state.chat[-1]
+    assert {c["source"] for c in reply["candidates"]} == {"retrieved"}  # the default: people's replies
+    said = "A reply from the" if reply["candidates"][0]["match"] >= 5.5 else "No reply from the training"
+    assert reply["source_line"].startswith(said) and any(said in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert "BM25 match of its context" in table.columns and table["source"].str.startswith("a reply from").all()
+    at.toggle(key="chat-generated-only").set_value(True).run()
+    say(at, "what do you do for fun?")
+    reply = at.session_state.chat[-1]
+    assert {c["source"] for c in reply["candidates"]} == {"generated"}
+    assert reply["source_line"] == "Written by the model."
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_a_missing_or_damaged_index_is_said_and_the_chat_answers_with_its_own_replies(
+        served_chat, checkpoints, tmp_path, monkeypatch, damage):
+    folder = serve_chat_folder(checkpoints, tmp_path, monkeypatch, served_chat)
+    if damage == "missing":
+        shutil.rmtree(folder / "index")
+    else:
+        (folder / "index" / "texts.npy").write_bytes(b"garbage")
+    at = page("chat.py").run()
+    assert ready_index(at, folder).status() == damage
+    at.slider(key="chat-candidates").set_value(4).run()
+    say(at, "hello, how are you?")
+    reply = at.session_state.chat[-1]
+    assert reply["content"] and {c["source"] for c in reply["candidates"]} == {"generated"}
+    words = {"missing": "python -m nlp index", "damaged": "cannot be used"}[damage]
+    assert any(words in note for note in reply["notes"])
+
+
 def test_the_sliders_start_from_the_checkpoints_default_decoding(checkpoints, tmp_path, monkeypatch):
     """A chat checkpoint whose config.json names a default decoding (what `tune-chat --write` stores) opens
     the page with it, so the app, the CLI and `eval` decode alike."""

@@ -22,9 +22,10 @@ WEBAPP = Path(__file__).resolve().parent
 
 
 def preload(others_after: float = 30.0) -> None:
-    """The chat model first (Chat is the page a visitor sees first). The rest (the other two models, and altair
-    and pandas, which the Chat page draws with) waits for the first chat reply or `others_after` seconds,
-    whichever comes first: loaded at once they held the GIL while the first visitor's page and reply ran."""
+    """The chat model first (Chat is the page a visitor sees first), then its reply index in a thread of its own.
+    The rest (the other two models, and altair and pandas, which the Chat page draws with) waits for the first
+    chat reply or `others_after` seconds, whichever comes first: loaded at once they held the GIL while the
+    first visitor's page and reply ran."""
     sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]  # as app.py arranges for its pages
     import ui
 
@@ -41,6 +42,7 @@ def preload(others_after: float = 30.0) -> None:
     sys.setswitchinterval(min(interval, 0.0005))
     try:
         load("chat")
+        ui.index_loader(str(ui.checkpoints_dir() / "chat"))  # its own thread: the chat answers meanwhile
     finally:
         sys.setswitchinterval(interval)
     ui.FIRST_REPLY.wait(others_after)

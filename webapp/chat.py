@@ -7,6 +7,7 @@ from ui import (
     MAX_CHAT_MESSAGES,
     MAX_MESSAGE_CHARS,
     decoding_controls,
+    index_loader,
     model_or_stop,
     plain,
     settings_notice,
@@ -20,10 +21,18 @@ prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)"
 # The library only now (`ui` does not import it): on a cold start torch's import is still under way, and the box
 # above is on its way to the browser meanwhile
 from nlp.decoding import GenerationError, make_generator  # noqa: E402
-from nlp.serve import chat_reply, strip_control  # noqa: E402
+from nlp.serve import DEFAULT_SOURCE, chat_reply, strip_control  # noqa: E402
 
 ck = model_or_stop("chat")
+st.sidebar.subheader("Replies")
+generated_only = st.sidebar.toggle(
+    "Generated replies only", key="chat-generated-only",
+    help="only replies the model writes itself; otherwise the chat answers with the reply people gave in the "
+         "training dialogues to the context most like yours (chosen by the model's ranker), or says plainly that "
+         "it has nothing fitting (docs/chat.md: blind judges found the model's own replies made sense 8% of the "
+         "time, the retrieved ones 36%)")
 cfg, seed = decoding_controls("chat", ck)
+loader = index_loader(str(ck.path))
 turns = ck.config.get("train", {}).get("context_turns", 3)
 st.caption(f"An LSTM encoder-decoder with attention, trained on everyday and movie dialogue. It sees the last "
            f"{turns} turns of the conversation. Messages up to {MAX_MESSAGE_CHARS:,} characters.")
@@ -48,21 +57,39 @@ def attention_chart(reply: dict):
         tooltip=["reply token", "context token", alt.Tooltip("weight:Q", format=".3f")])
 
 
+SOURCE_NAMES = {"chitchat": "Chit-Chat", "cornell": "Cornell Movie-Dialogs"}
+
+
+def source_of(c: dict) -> str:
+    """Where a reply or candidate came from, in words."""
+    if c.get("source") == "plain":
+        return ("no reply from the training dialogues fit this message well enough, so the chat says so plainly "
+                "(the candidates are below)")
+    if c.get("source") == "retrieved":
+        return f"a reply from the {SOURCE_NAMES.get(c.get('corpus', ''), c.get('corpus', ''))} training dialogues"
+    return "written by the model"
+
+
 def candidates_table(message: dict):
-    """The sampled candidates with their scores, the shown reply first."""
+    """The candidates with their scores and sources, the shown reply first."""
     import pandas as pd
 
-    rows = [{"reply": c["text"], "score": round(c["score"], 3), "mean log p(reply | context)": round(c["loglik"], 3),
-             **({"next-reply head": round(c["head"], 3)} if c.get("head") is not None else {}),
-             **({"mean log p(reply)": round(c["prior"], 3)} if c.get("prior") is not None else {}),
-             **({"overlap with the conversation": round(c["overlap"], 3)} if c.get("overlap") is not None else {})}
+    columns = {"match": "BM25 match of its context", "loglik": "mean log p(reply | context)",
+               "head": "next-reply head", "prior": "mean log p(reply)", "overlap": "overlap with the conversation"}
+    rows = [{"reply": c["text"], "source": source_of(c), "score": round(c["score"], 3),
+             **{label: round(c[k], 3) for k, label in columns.items() if c.get(k) is not None}}
             for c in message["candidates"]]
-    with st.expander(f"Candidates ({len(rows)} distinct of those sampled, best first)"):
+    with st.expander(f"Candidates ({len(rows)}, best first)"):
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        st.caption("score = the ranking the model was tuned to on validation data: its next-reply head, plus "
-                   "the reply's likelihood given the conversation minus a share of its likelihood without it "
-                   "(so replies that fit any conversation lose their edge), plus how many of the "
-                   "conversation's less common words the reply shares (0 to 1).")
+        if ck.ranker is not None:
+            st.caption("Candidates: replies people gave in the training dialogues to the contexts most like your "
+                       "message (BM25 match; one is shown only when its match is at least 5.5), or the replies "
+                       "the model sampled. score = the model's ranker, trained to pick the reply a conversation "
+                       "actually got among replies to similar ones and the model's own samples.")
+        else:
+            st.caption("score = the ranking the model was tuned to on validation data: its next-reply head, "
+                       "plus the reply's likelihood given the conversation minus a share of its likelihood "
+                       "without it, plus how many of the conversation's less common words the reply shares.")
 
 
 def details(message: dict):
@@ -76,9 +103,20 @@ def details(message: dict):
 def show(message: dict):
     with st.chat_message(message["role"]):
         st.markdown(plain(message["content"]))
+        if message.get("source_line"):
+            st.caption(message["source_line"])
         for note in message.get("notes", []):
             st.caption(note)
         details(message)
+
+
+INDEX_WAIT_S = 2.0  # how long a reply waits for an index still loading, before answering without it
+INDEX_NOTES = {
+    "loading": "The index of training replies is still loading: this reply was chosen among the model's own.",
+    "missing": "This chat checkpoint has no index of training replies, so replies are the model's own. Build it "
+               "with: python -m nlp index --checkpoint checkpoints/chat",
+    "damaged": "The index of training replies cannot be used ({error}); replies are the model's own meanwhile.",
+}
 
 
 def respond() -> None:
@@ -86,7 +124,11 @@ def respond() -> None:
     chat = st.session_state.chat
     with st.chat_message("assistant"):
         try:
-            reply = chat_reply(ck, [m["content"] for m in chat], cfg, make_generator(seed))
+            source = "generated" if generated_only else DEFAULT_SOURCE
+            if not generated_only:
+                loader.done.wait(INDEX_WAIT_S)  # it loads in well under a second after the model
+            reply = chat_reply(ck, [m["content"] for m in chat], cfg, make_generator(seed), source=source,
+                               index=loader.index)
             # Streamed by hand, as st.write_stream does it: that checks whether its argument is a dataframe first,
             # and the check imports pandas (0.4 s), which the process's first reply would wait for
             shown, text = st.empty(), ""
@@ -98,7 +140,13 @@ def respond() -> None:
             chat.pop()  # the message gets no reply: take it back, so the chat still alternates
             st.error(str(e))
             st.stop()
+        source_line = ""
+        if cfg.strategy == "sample" and cfg.num_candidates > 1:
+            source_line = source_of({"source": reply.source, "corpus": reply.corpus}).capitalize() + "."
+            st.caption(source_line)
         notes = []
+        if not generated_only and loader.status() != "ready":
+            notes.append(INDEX_NOTES[loader.status()].format(error=loader.error))
         if reply.turns_dropped and not st.session_state.get("chat-dropped-said"):
             notes.append(f"From here on the model sees only the last {reply.turns_used} turns of the "
                          "conversation (the length it was trained on); older turns are not sent.")
@@ -110,7 +158,7 @@ def respond() -> None:
             notes.append("The model produced an empty reply; try sampling or a higher temperature.")
         for note in notes:
             st.caption(note)
-        message = {"role": "assistant", "content": reply.text, "notes": notes,
+        message = {"role": "assistant", "content": reply.text, "notes": notes, "source_line": source_line,
                    "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
                    "attention": reply.attention, "candidates": reply.candidates}
         details(message)

@@ -40,7 +40,9 @@ RECIPES = {"lm": "python -m nlp train --config configs/lm.toml",
            "chat": "python -m nlp train --config configs/chat.toml\n"
                    "python -m nlp train --config configs/chat-whole.toml\n"
                    "python -m nlp train --config configs/chat-contrast.toml\n"
-                   "python -m nlp train --config configs/chat-contrast-strong.toml",
+                   "python -m nlp train --config configs/chat-contrast-strong.toml\n"
+                   "python -m nlp index --checkpoint checkpoints/chat\n"
+                   "python -m nlp train-ranker --checkpoint checkpoints/chat",
            "sentiment": "python -m nlp train --config configs/sentiment.toml\n"
                         "python -m nlp train --config configs/sentiment-negation.toml"}
 
@@ -60,6 +62,48 @@ def load_cached(path: str, task: str) -> Checkpoint:
     from nlp.serve import open_checkpoint
 
     return open_checkpoint(path, task)
+
+
+class IndexLoader:
+    """Loads a chat checkpoint's reply index in a thread of its own, so the chat answers (with the replies the
+    model writes) while it loads; `status()` says which state it is in."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+        self.index = None
+        self.error = ""
+        self.missing = False
+        self.done = threading.Event()
+        threading.Thread(target=self._load, name="load-reply-index", daemon=True).start()
+
+    def _load(self) -> None:
+        from nlp.errors import ReplyIndexError
+        from nlp.retrieval import ReplyIndex, index_path
+
+        try:
+            path = index_path(self.checkpoint)
+            if path.exists():
+                self.index = ReplyIndex.load(path)
+            else:
+                self.missing = True
+        except ReplyIndexError as e:
+            self.error = str(e)
+        except Exception as e:  # noqa: BLE001 - an unreadable index must not take the chat down with it
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.done.set()
+
+    def status(self) -> str:
+        """"ready", "loading", "missing" or "damaged"."""
+        if not self.done.is_set():
+            return "loading"
+        return "ready" if self.index is not None else ("missing" if self.missing else "damaged")
+
+
+@st.cache_resource(show_spinner=False)
+def index_loader(checkpoint: str) -> IndexLoader:
+    """One reply-index loader per chat checkpoint and process, shared by every session."""
+    return IndexLoader(checkpoint)
 
 
 def model_or_stop(task: str) -> Checkpoint:

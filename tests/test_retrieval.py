@@ -1,0 +1,200 @@
+"""Human replies as chat candidates: the reply index, the learned ranker, and the one reply path over both."""
+
+import io
+import json
+import random
+import shutil
+
+import pytest
+
+from nlp.__main__ import main
+from nlp.checkpoint import load_checkpoint
+from nlp.corpora import load_corpus
+from nlp.decoding import GenerationConfig, make_generator
+from nlp.errors import CheckpointError, GenerationError, ReplyIndexError
+from nlp.ranker import RANKER_CONFIG, RANKER_WEIGHTS, load_ranker
+from nlp.retrieval import MANIFEST, ReplyIndex, index_path, usable_reply
+from nlp.serve import chat_reply, open_checkpoint, open_index
+from nlp.train_ranker import hard_candidates
+from tests.conftest import CHAT
+
+ROWS = [{"context": ["hi"], "response": "hello there!", "corpus": "a"},
+        {"context": ["hi"], "response": "hello there!", "corpus": "a"},          # the same pair again
+        {"context": ["Hi"], "response": "Hello there!", "corpus": "b"},          # the same pair, other case
+        {"context": ["x", "do you like sushi?"], "response": "I love sushi, salmon rolls most.", "corpus": "b"},
+        {"context": ["what is your job?"], "response": "I teach math at a high school.", "corpus": "a"},
+        {"context": ["any news?"], "response": "see http://example.com", "corpus": "a"},      # a link: left out
+        {"context": ["tell me"], "response": "word " * 40, "corpus": "a"}]                    # rambling: left out
+
+
+def test_the_index_keeps_each_pair_once_and_finds_replies_by_their_context(tmp_path):
+    index = ReplyIndex.build(ROWS)
+    assert len(index) == 3 and index.corpora == ["a", "b"]
+    index.save(tmp_path / "index")
+    again = ReplyIndex.load(tmp_path / "index")
+    hits = again.search("Do you like sushi?", k=5)
+    assert hits[0].text == "I love sushi, salmon rolls most." and hits[0].corpus == "b" and hits[0].score > 0
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert again.search("", k=5) == [] and again.search("zzzqqq", k=5) == [] and again.search("hi", k=0) == []
+    assert len(again.search("hi what is your job", k=50)) <= len(again)
+
+
+def test_usable_replies_are_short_plain_text():
+    assert usable_reply("I love it!") and not usable_reply("  ") and not usable_reply("go to https://x.org")
+    assert not usable_reply("a " * 31) and not usable_reply("bell\x07")
+
+
+@pytest.mark.parametrize("damage", ["manifest", "array", "missing"])
+def test_a_damaged_index_is_refused_in_one_line(tmp_path, damage):
+    path = tmp_path / "index"
+    ReplyIndex.build(ROWS).save(path)
+    if damage == "manifest":
+        (path / MANIFEST).write_text("{not json")
+    elif damage == "array":
+        data = bytearray((path / "texts.npy").read_bytes())
+        data[-3] ^= 0xFF
+        (path / "texts.npy").write_bytes(bytes(data))
+    else:
+        (path / "starts.npy").unlink()
+    with pytest.raises(ReplyIndexError) as e:
+        ReplyIndex.load(path)
+    assert "\n" not in str(e.value) and "python -m nlp index" in str(e.value)
+
+
+@pytest.fixture
+def served(served_chat):
+    return served_chat
+
+
+def test_train_ranker_saves_a_ranker_chosen_on_validation(served):
+    info = json.loads((served / RANKER_CONFIG).read_text())
+    assert info["trained_on"]["rows"] == 60 and info["trained_on"]["distractors"] == 4
+    assert info["trained_on"]["generated"] == 3
+    assert 0 <= info["val_hits_at_1"] <= 1 and info["chance"] == round(1 / 8, 4)
+    assert info["val_hits_at_1"] == max(c["val_hits_at_1"] for c in info["curve"])
+    ck = open_checkpoint(served, task="chat")
+    assert ck.ranker is not None and ck.ranker.overlap_weight == info["overlap_weight"]
+
+
+def test_hard_candidates_put_the_own_reply_first_and_never_repeat_it(served):
+    index = open_index(open_checkpoint(served, task="chat"))
+    rows = [{"context": c, "response": r} for c, r in zip(load_corpus(str(CHAT))["train"]["context"][:10],
+                                                           load_corpus(str(CHAT))["train"]["response"][:10])]
+    for row, cands in zip(rows, hard_candidates(index, rows, 5, random.Random(0))):
+        assert cands[0] == row["response"] and len(cands) == 6
+        assert all(" ".join(c.lower().split()) != " ".join(row["response"].lower().split()) for c in cands[1:])
+
+
+@pytest.mark.parametrize("source", ["both", "generated", "retrieved"])
+def test_one_score_ranks_candidates_of_the_chosen_source(served, source):
+    ck = open_checkpoint(served, task="chat")
+    index = open_index(ck)
+    message = load_corpus(str(CHAT))["train"]["context"][5][-1]  # a training context: the index has its reply
+    cfg = GenerationConfig(num_candidates=4, max_new_tokens=8)
+    reply = chat_reply(ck, [message], cfg, make_generator(0), source=source, index=index, min_match=0.0)
+    assert "".join(reply.stream) == reply.text
+    kinds = {c["source"] for c in reply.candidates}
+    assert kinds == {"both": {"generated", "retrieved"}, "generated": {"generated"},
+                     "retrieved": {"retrieved"}}[source]
+    scores = [c["score"] for c in reply.candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert reply.text == reply.candidates[0]["text"] and reply.source == reply.candidates[0]["source"]
+    if reply.source == "retrieved":
+        assert reply.corpus == str(CHAT) and reply.candidates[0]["match"] > 0
+    # the attention map is the decoder reading the shown reply, whichever its source
+    assert len(reply.attention) == len(reply.reply_tokens) and len(reply.attention[0]) == len(reply.context_tokens)
+
+
+def test_without_an_index_every_source_falls_back_to_generated_replies(served):
+    ck = open_checkpoint(served, task="chat")
+    reply = chat_reply(ck, ["hello!"], GenerationConfig(num_candidates=3, max_new_tokens=6), make_generator(0),
+                       source="retrieved", index=None)
+    "".join(reply.stream)
+    assert reply.source == "generated" and {c["source"] for c in reply.candidates} == {"generated"}
+    with pytest.raises(GenerationError):
+        chat_reply(ck, ["hello!"], GenerationConfig(), source="elsewhere")
+
+
+def test_a_ranker_trained_on_other_weights_is_refused(served, tmp_path):
+    copy = shutil.copytree(served, tmp_path / "chat")
+    info = json.loads((copy / RANKER_CONFIG).read_text())
+    info["model_weights"] = "0" * 64
+    (copy / RANKER_CONFIG).write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="other weights"):
+        open_checkpoint(copy, task="chat")
+    (copy / RANKER_WEIGHTS).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="train-ranker"):
+        load_ranker(load_checkpoint(copy, task="chat"))
+    # the command the message names retrains over the refused ranker
+    assert main(["train-ranker", "--checkpoint", str(copy), "--corpus", str(CHAT), "--val-corpus", str(CHAT),
+                 "--rows", "20", "--val-rows", "10", "--distractors", "3", "--generated", "1", "--epochs", "1"]) == 0
+    assert open_checkpoint(copy, task="chat").ranker is not None
+
+
+def test_cli_chat_says_where_each_reply_came_from(served, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("do you like it?\n"))
+    assert main(["chat", "--checkpoint", str(served), "--seed", "0", "--show-source", "--num-candidates", "4",
+                 "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "[written by the model]" in out or f"[a reply from the {CHAT} training dialogues]" in out
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_cli_chat_with_no_usable_index_is_one_line_and_exit_2(served, tmp_path, capsys, damage):
+    copy = shutil.copytree(served, tmp_path / "chat")
+    if damage == "missing":
+        shutil.rmtree(index_path(copy))
+    else:
+        (index_path(copy) / "texts.npy").write_bytes(b"not an array")
+    assert main(["chat", "--checkpoint", str(copy), "--source", "retrieved"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "python -m nlp index" in err
+
+
+def test_eval_reports_every_chat_measure_with_its_baselines(served):
+    from nlp.evaluate import evaluate
+
+    result = evaluate(open_checkpoint(served, task="chat"), str(CHAT), "test", max_examples=25)
+    m, b = result["metrics"], result["baselines"]
+    for key in ("hits_at_1", "hits_at_1_model", "hits_at_1_hard", "nll_true_context", "nll_other_context",
+                "context_gain", "f1", "retrieved_share"):
+        assert isinstance(m[key], float), key
+    assert m["context_gain"] == pytest.approx(m["nll_other_context"] - m["nll_true_context"])
+    for name, key in (("overlap_ranking", "hits_at_1"), ("tfidf_ranking", "hits_at_1"),
+                      ("tfidf_ranking", "hits_at_1_hard"), ("echo_last_turn", "f1"), ("echo_context", "f1"),
+                      ("constant_reply", "f1")):
+        assert 0 <= b[name][key] <= 1, (name, key)
+    assert 0 <= m["retrieved_share"] <= 1 and all(s["source"] in ("generated", "retrieved") for s in m["samples"])
+    weights = json.loads((served / "config.json").read_text())["files"]["model.safetensors"]
+    assert result["weights"]["model.safetensors"] == weights and len(result["weights"]["ranker"]) == 64
+    assert len(result["weights"]["index"]) == 64
+
+
+def test_eval_echo_baselines_score_the_echo():
+    from nlp.evaluate import Tfidf, chat_baselines
+    from nlp.metrics import mean_f1
+
+    train = load_corpus(str(CHAT))["train"]
+    contexts = [["a b", "we like hiking"], ["hello", "my cat sleeps"]]
+    refs = ["hiking is what we like", "cats sleep"]
+    b = chat_baselines(Tfidf(train), train, contexts, refs)
+    assert b["echo_last_turn"]["f1"] == pytest.approx(mean_f1(["we like hiking", "my cat sleeps"], refs))
+    assert b["echo_context"]["f1"] == pytest.approx(mean_f1(["a b we like hiking", "hello my cat sleeps"], refs))
+    assert b["constant_reply"]["f1"] == pytest.approx(mean_f1([b["constant_reply"]["reply"]] * 2, refs))
+
+
+def test_a_weak_match_gives_way_to_a_plain_reply_and_says_so(served):
+    ck = open_checkpoint(served, task="chat")
+    index = open_index(ck)
+    message = load_corpus(str(CHAT))["train"]["context"][5][-1]
+    cfg = GenerationConfig(num_candidates=3, max_new_tokens=6)
+    strict = chat_reply(ck, [message + "?"], cfg, make_generator(0), index=index, min_match=1e9)
+    "".join(strict.stream)
+    assert strict.source == "plain" and strict.text == "I don't know." and strict.candidates
+    assert strict.candidates[0]["source"] == "retrieved"  # the candidates stay listed, best first
+    lenient = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_match=0.0)
+    "".join(lenient.stream)
+    assert lenient.source == "retrieved" and lenient.text == lenient.candidates[0]["text"]
+    statement = chat_reply(ck, ["zzzz qqqq"], cfg, make_generator(0), index=index)  # no training turn shares a word
+    "".join(statement.stream)
+    assert statement.source == "plain" and statement.text == "Ok."
