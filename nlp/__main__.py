@@ -257,14 +257,17 @@ def cmd_train_ranker(a) -> int:
 
 def cmd_chat(a) -> int:
     from nlp.decoding import make_generator
-    from nlp.serve import chat_reply, check_text, open_index
+    from nlp.serve import DEFAULT_SOURCE, chat_reply, check_text, open_index
 
     ck = load(a.checkpoint, "chat", a.impl)
     cfg = generation_config(a, ck)
-    index = open_index(ck) if a.source != "generated" else None
-    if index is None and a.source == "retrieved":
-        raise CheckpointError(f"{a.checkpoint} has no reply index for --source retrieved; build it with: "
-                              f"python -m nlp index --checkpoint {a.checkpoint}")
+    source = a.source or DEFAULT_SOURCE
+    index = open_index(ck) if source != "generated" else None
+    if index is None and source != "generated":
+        build = f"python -m nlp index --checkpoint {a.checkpoint}"
+        if a.source == "retrieved":
+            raise CheckpointError(f"{a.checkpoint} has no reply index for --source retrieved; build it with: {build}")
+        print(f"(no reply index: the replies are the model's own; {build} adds people's)", file=sys.stderr)
     g = make_generator(a.seed)
     history: list[str] = []
     interactive = sys.stdin.isatty()
@@ -290,7 +293,7 @@ def cmd_chat(a) -> int:
             print(f"({e})")
             continue
         history.append(line)
-        reply = chat_reply(ck, history, cfg, g, source=a.source, index=index)
+        reply = chat_reply(ck, history, cfg, g, source=source, index=index)
         sys.stdout.write("bot> ")
         for piece in reply.stream:
             sys.stdout.write(piece)
@@ -454,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--raw", action="store_true", help="print the tokens as the model wrote them (WikiText "
                            "markup such as ' @-@ ' and spaces before punctuation) instead of readable text")
         if name == "chat":
-            s.add_argument("--source", choices=["retrieved", "both", "generated"], default="retrieved",
+            s.add_argument("--source", choices=["retrieved", "both", "generated"], default=None,
                            help="where candidate replies come from: the training replies of the reply index "
                                 "(default; a plain reply when none fits), the decoder, or both (one score ranks "
                                 "them)")

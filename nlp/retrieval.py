@@ -14,7 +14,10 @@ training turn such as "kind of" win on shared filler.
 
 The index is a folder of .npy arrays (bm25s's own layout for the BM25 matrix, never pickled) and
 `index.json`, which names the corpora, counts the entries and holds the sha256 of every file, so a damaged or
-half-copied index is refused with a one-line ReplyIndexError instead of answering from garbage.
+half-copied index is refused with a one-line ReplyIndexError instead of answering from garbage. bm25s builds
+it; serving reads its arrays memory-mapped and sums each query word's precomputed column, as bm25s's own
+scoring does (tested equal to bm25s's retrieve): importing bm25s would import scipy, 13 MB more in the app's
+server for one sum.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from nlp.errors import ReplyIndexError
 
 FORMAT = 1
 MANIFEST = "index.json"
+BM25_ARRAYS = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")  # bm25s's file names
+VOCAB = "vocab.index.json"
+TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s.tokenize's default: words of two or more characters, lower-cased
 TEXTS, STARTS, CORPUS = "texts.npy", "starts.npy", "corpus.npy"  # UTF-8 replies back to back; offsets; corpus id
 MAX_REPLY_WORDS = 30  # longer replies ramble past the point (what blind judges marked down), and cost memory
 INDEX_DIR = "index"   # where a chat checkpoint keeps its index
@@ -52,12 +58,6 @@ def usable_reply(text: str) -> bool:
     return 1 <= words <= MAX_REPLY_WORDS and "http" not in text and not re.search(r"[\x00-\x08\x0b-\x1f]", text)
 
 
-def _tokenize(texts: list[str]):
-    import bm25s
-
-    return bm25s.tokenize(texts, stopwords=None, show_progress=False)
-
-
 @dataclass(frozen=True)
 class Hit:
     entry: int      # row of the index
@@ -69,8 +69,10 @@ class Hit:
 class ReplyIndex:
     """The replies of the training dialogues, searchable by the context they answered."""
 
-    def __init__(self, retriever, texts: np.ndarray, starts: np.ndarray, corpus: np.ndarray, info: dict):
-        self.retriever = retriever
+    def __init__(self, vocab: dict[str, int], bm25: tuple[np.ndarray, np.ndarray, np.ndarray], texts: np.ndarray,
+                 starts: np.ndarray, corpus: np.ndarray, info: dict):
+        self.vocab = vocab                          # word -> column of the BM25 matrix
+        self.data, self.indices, self.indptr = bm25  # CSC: column w holds (entry, BM25 weight of w) pairs
         self.texts, self.starts, self.corpus_ids = texts, starts, corpus
         self.info = info
         self.corpora: list[str] = list(info["corpora"])
@@ -87,16 +89,18 @@ class ReplyIndex:
     def search(self, query: str, k: int = 20) -> list[Hit]:
         """The replies to the k training contexts whose last turn best matches `query` by BM25, best first;
         fewer (or none) when fewer contexts share a word with it."""
-        if not query.strip() or k < 1:
+        columns = len(self.indptr) - 1  # bm25s's vocabulary ends with "", which has no column
+        words = [self.vocab[w] for w in TOKEN.findall(query.lower()) if self.vocab.get(w, columns) < columns]
+        if not words or k < 1:
             return []
-        tokens = _tokenize([query])
-        if not any(len(t) for t in tokens.ids) or not any(
-                w in self.retriever.vocab_dict for w in tokens.vocab):
-            return []
+        scores = np.zeros(len(self), dtype=np.float32)
+        for w in words:  # a word said twice counts twice, as in bm25s
+            start, end = self.indptr[w], self.indptr[w + 1]
+            np.add.at(scores, self.indices[start:end], self.data[start:end])
         k = min(k, len(self))
-        entries, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [Hit(int(e), self.text(int(e)), self.corpus(int(e)), float(s))
-                for e, s in zip(entries[0], scores[0]) if s > 0]
+        top = np.argpartition(scores, -k).take(indices=range(-k, 0))  # bm25s's own top-k, ties and all
+        top = top[np.flip(np.argsort(scores[top]))]
+        return [Hit(int(e), self.text(int(e)), self.corpus(int(e)), float(scores[e])) for e in top if scores[e] > 0]
 
     # building and storing ----------------------------------------------------
     @classmethod
@@ -124,20 +128,23 @@ class ReplyIndex:
         if not keys:
             raise ReplyIndexError("no usable replies to index: the corpora gave no context -> reply pairs")
         retriever = bm25s.BM25()
-        retriever.index(_tokenize(keys), show_progress=False)
+        retriever.index(bm25s.tokenize(keys, stopwords=None, show_progress=False), show_progress=False)
         info = {"format": FORMAT, "entries": len(keys), "corpora": corpora, "sources": sources or {},
                 "per_corpus": {c: corpus.count(i) for i, c in enumerate(corpora)},
                 "matched_on": "the last turn of each training context (BM25, bm25s)",
                 "max_reply_words": MAX_REPLY_WORDS, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        return cls(retriever, np.frombuffer(bytes(blob), dtype=np.uint8), np.array(starts, dtype=np.int64),
-                   np.array(corpus, dtype=np.uint8), info)
+        bm25 = (retriever.scores["data"], retriever.scores["indices"], retriever.scores["indptr"])
+        return cls(dict(retriever.vocab_dict), bm25, np.frombuffer(bytes(blob), dtype=np.uint8),
+                   np.array(starts, dtype=np.int64), np.array(corpus, dtype=np.uint8), info)
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.retriever.save(str(path))
+        for name, array in zip(BM25_ARRAYS, (self.data, self.indices, self.indptr)):
+            np.save(path / name, np.ascontiguousarray(array), allow_pickle=False)
+        (path / VOCAB).write_text(json.dumps(self.vocab, separators=(",", ":")))
         for name, array in ((TEXTS, self.texts), (STARTS, self.starts), (CORPUS, self.corpus_ids)):
             np.save(path / name, np.ascontiguousarray(array), allow_pickle=False)
-        files = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST)
+        files = sorted([*BM25_ARRAYS, VOCAB, TEXTS, STARTS, CORPUS])
         info = {**self.info, "files": {f: _sha256(path / f) for f in files}}
         (path / MANIFEST).write_text(json.dumps(info, indent=1) + "\n")
         self.info = info
@@ -146,8 +153,6 @@ class ReplyIndex:
     def load(cls, path: str | Path, verify: bool = True) -> ReplyIndex:
         """The index in `path`; a missing, damaged or incomplete one is a ReplyIndexError saying which and how to
         rebuild it. With verify, every file's sha256 is checked against index.json first."""
-        import bm25s
-
         path = Path(path)
         rebuild = f"rebuild it with: python -m nlp index --checkpoint {path.parent}"
         manifest = path / MANIFEST
@@ -167,13 +172,16 @@ class ReplyIndex:
             if verify and _sha256(f) != digest:
                 raise ReplyIndexError(f"{f} is damaged (its sha256 differs from {MANIFEST}); {rebuild}")
         try:
-            retriever = bm25s.BM25.load(str(path), mmap=True, load_corpus=False)
+            vocab = json.loads((path / VOCAB).read_text())
+            bm25 = tuple(np.load(path / n, mmap_mode="r", allow_pickle=False) for n in BM25_ARRAYS)
             arrays = [np.load(path / n, mmap_mode="r", allow_pickle=False) for n in (TEXTS, STARTS, CORPUS)]
         except (ValueError, OSError, KeyError, TypeError) as e:
             raise ReplyIndexError(f"{path}: the index cannot be read ({e}); {rebuild}") from None
-        index = cls(retriever, *arrays, info)
+        index = cls(vocab, bm25, *arrays, info)
+        data, indices, indptr = bm25
         if len(index) != info.get("entries") or len(index.corpus_ids) != len(index) or \
-                int(arrays[1][-1]) != len(arrays[0]):
+                int(arrays[1][-1]) != len(arrays[0]) or len(data) != len(indices) or \
+                int(indptr[-1]) != len(data):
             raise ReplyIndexError(f"{path}: its arrays disagree with {MANIFEST}; {rebuild}")
         return index
 

@@ -198,3 +198,30 @@ def test_a_weak_match_gives_way_to_a_plain_reply_and_says_so(served):
     statement = chat_reply(ck, ["zzzz qqqq"], cfg, make_generator(0), index=index)  # no training turn shares a word
     "".join(statement.stream)
     assert statement.source == "plain" and statement.text == "Ok."
+
+
+def test_search_returns_what_bm25s_retrieve_returns_on_the_same_matrix():
+    import bm25s
+
+    train = load_corpus(str(CHAT))["train"]
+    index = ReplyIndex.build([{"context": c, "response": r, "corpus": "f"}
+                              for c, r in zip(train["context"], train["response"])])
+    ref = bm25s.BM25()
+    ref.scores = {"data": index.data, "indices": index.indices, "indptr": index.indptr, "num_docs": len(index)}
+    ref.vocab_dict, ref.nonoccurrence_array = index.vocab, None
+    for query in [c[-1] for c in train["context"][:60]] + ["what what do you do", "hi!!"]:
+        tokens = bm25s.tokenize([query], stopwords=None, show_progress=False)
+        if not any(w in index.vocab for w in tokens.vocab if w):
+            assert index.search(query, 10) == []
+            continue
+        entries, scores = ref.retrieve(tokens, k=10, show_progress=False, n_threads=1)
+        theirs = [(int(e), round(float(s), 5)) for e, s in zip(entries[0], scores[0]) if s > 0]
+        assert [(h.entry, round(h.score, 5)) for h in index.search(query, 10)] == theirs, query
+
+
+def test_the_rankers_stop_words_are_scikit_learns():
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from nlp.ranker import STOP_WORDS
+
+    assert STOP_WORDS == ENGLISH_STOP_WORDS

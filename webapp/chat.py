@@ -26,7 +26,7 @@ from nlp.serve import DEFAULT_SOURCE, chat_reply, strip_control  # noqa: E402
 ck = model_or_stop("chat")
 st.sidebar.subheader("Replies")
 generated_only = st.sidebar.toggle(
-    "Generated replies only", key="chat-generated-only",
+    "Model-written replies only", key="chat-generated-only",
     help="only replies the model writes itself; otherwise the chat answers with the reply people gave in the "
          "training dialogues to the context most like yours (chosen by the model's ranker), or says plainly that "
          "it has nothing fitting (docs/chat.md: blind judges found the model's own replies made sense 8% of the "
