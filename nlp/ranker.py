@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from nlp.checkpoint import WEIGHTS, Checkpoint, write_json
 from nlp.data import pad
 from nlp.errors import CheckpointError
-from nlp.models import native_bf16
+from nlp.models import fused_turn, native_bf16
 from nlp.ranking import EMPTY_CONTEXT, has_head, head_scores
 from nlp.tokenizer import BOS, EOS, PAD
 
@@ -56,10 +56,11 @@ def _autocast():
 
 
 @torch.no_grad()
-def features(model, tokenizer, contexts: list[list[int]], replies: list[list[list[int]]]) -> Tensor:
+def features(model, tokenizer, contexts: list[list[int]], replies: list[list[list[int]]], amp: bool = False) -> Tensor:
     """Features (N, len(SCALARS)) of every candidate reply (ids, no BOS/EOS) of every context, in order:
-    contexts (C lists of ids), replies[c] the candidates of context c. Runs the frozen model in bfloat16 where
-    the CPU has it natively; the features come out float32."""
+    contexts (C lists of ids), replies[c] the candidates of context c. With amp (training the ranker), the
+    frozen model runs in bfloat16 where the CPU has it natively; serving runs it in float32, whose peak memory
+    in a server of 8 sessions is lower. The features come out float32."""
     model.eval()
     flat = [r[:MAX_REPLY_TOKENS] or [EOS] for group in replies for r in group]
     if not flat:
@@ -67,8 +68,10 @@ def features(model, tokenizer, contexts: list[list[int]], replies: list[list[lis
     owner = torch.tensor([i for i, group in enumerate(replies) for _ in group])
     dev = next(model.parameters()).device
     n = len(flat)
-    with _autocast():
-        src, src_len = pad([c or EMPTY_CONTEXT for c in contexts] + [EMPTY_CONTEXT])
+    src, src_len = pad([c or EMPTY_CONTEXT for c in contexts] + [EMPTY_CONTEXT])
+    # one ranking at a time per process, as sampling takes turns (nlp.models.fused_turn): 8 sessions scoring at
+    # once each held autocast's weight copies and the output layer's (positions x vocabulary) logits
+    with fused_turn(src), (_autocast() if amp else nullcontext()):
         state = model.encode(src.to(dev), src_len)
         rows = torch.cat([owner, torch.full_like(owner, len(contexts))]).to(dev)  # under its context, then none
         both = {k: v.index_select(0, rows) for k, v in state.items()}
@@ -97,7 +100,7 @@ def text_features(text: str) -> list[float]:
     return [float(max(content.values(), default=0)), len(set(every)) / max(len(every), 1)]
 
 
-def _mean_logprob(model, att: Tensor, tgt_out: Tensor, rows: int = 1024) -> Tensor:
+def _mean_logprob(model, att: Tensor, tgt_out: Tensor, rows: int = 256) -> Tensor:
     """Teacher-forced mean log-probability a token of each row (the output layer run `rows` positions at a time)."""
     flat, targets = att.reshape(-1, att.shape[-1]), tgt_out.reshape(-1)
     nll = torch.cat([F.cross_entropy(model.out(flat[i:i + rows]).float(), targets[i:i + rows], ignore_index=PAD,

@@ -70,7 +70,7 @@ def candidate_features(ck: Checkpoint, rows: list[dict], candidates: list[list[s
     for s in range(0, len(rows), batch):
         ctx = [tok.encode_turns(r["context"][-turns:], max_src) for r in rows[s:s + batch]]
         cands = [tok.encode_batch(c) for c in candidates[s:s + batch]]
-        feats.append(features(ck.model, ck.tokenizer, ctx, cands).view(len(ctx), len(cands[0]), -1))
+        feats.append(features(ck.model, ck.tokenizer, ctx, cands, amp=True).view(len(ctx), len(cands[0]), -1))
         shared.append(overlap([c for c, group in zip(ctx, cands) for _ in group],
                               [r for group in cands for r in group]).view(len(ctx), -1))
         if log and (s // batch) % 50 == 0:

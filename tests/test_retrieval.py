@@ -136,7 +136,8 @@ def test_cli_chat_says_where_each_reply_came_from(served, capsys, monkeypatch):
     assert main(["chat", "--checkpoint", str(served), "--seed", "0", "--show-source", "--num-candidates", "4",
                  "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
-    assert "[written by the model]" in out or f"[a reply from the {CHAT} training dialogues]" in out
+    assert any(said in out for said in ("[written by the model]", f"[a reply from the {CHAT} training dialogues]",
+                                         "[nothing in the training dialogues fit well enough]"))
 
 
 @pytest.mark.parametrize("damage", ["missing", "damaged"])
