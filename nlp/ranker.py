@@ -48,6 +48,7 @@ from nlp.tokenizer import BOS, EOS, PAD
 RANKER_WEIGHTS, RANKER_CONFIG = "ranker.safetensors", "ranker.json"
 OVERLAP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # tried beside the ranker; its scores span a few units
 SCALARS = ("loglik", "prior", "head", "log_length", "top_word_repeats", "distinct_words")
+ROWS = 8  # candidate rows decoded at once when scoring (8 sessions scoring in one server share its memory)
 MAX_REPLY_TOKENS = 60  # candidates are scored on their first 60 tokens (the index keeps replies of <= 30 words)
 
 
@@ -77,8 +78,11 @@ def features(model, tokenizer, contexts: list[list[int]], replies: list[list[lis
         both = {k: v.index_select(0, rows) for k, v in state.items()}
         tgt_in, _ = pad([[BOS] + r for r in flat] * 2)
         tgt_out, _ = pad([r + [EOS] for r in flat] * 2)
-        att, _ = model.decode_features(both, tgt_in.to(dev))
-        logprob = _mean_logprob(model, att, tgt_out.to(dev)).float().cpu()
+        tgt_in, tgt_out = tgt_in.to(dev), tgt_out.to(dev)
+        logprob = torch.cat([  # a few rows at a time: the decoder's working memory stays small
+            _mean_logprob(model, model.decode_features({k: v[i:i + ROWS] for k, v in both.items()},
+                                                       tgt_in[i:i + ROWS])[0], tgt_out[i:i + ROWS])
+            for i in range(0, len(tgt_in), ROWS)]).float().cpu()
         head = head_scores(model, both["pooled"][:n], flat).float().cpu() if has_head(model) else torch.zeros(n)
     length = torch.log1p(torch.tensor([float(len(r)) for r in flat]))
     return torch.cat([torch.stack([logprob[:n], logprob[n:], head, length], 1),
@@ -100,7 +104,7 @@ def text_features(text: str) -> list[float]:
     return [float(max(content.values(), default=0)), len(set(every)) / max(len(every), 1)]
 
 
-def _mean_logprob(model, att: Tensor, tgt_out: Tensor, rows: int = 256) -> Tensor:
+def _mean_logprob(model, att: Tensor, tgt_out: Tensor, rows: int = 16) -> Tensor:
     """Teacher-forced mean log-probability a token of each row (the output layer run `rows` positions at a time)."""
     flat, targets = att.reshape(-1, att.shape[-1]), tgt_out.reshape(-1)
     nll = torch.cat([F.cross_entropy(model.out(flat[i:i + rows]).float(), targets[i:i + rows], ignore_index=PAD,
