@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import machine, median_ms, save  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from nlp.data import ChatExample, collate_chat  # noqa: E402
-from nlp.models import build_model, token_nll  # noqa: E402
+from nlp.models import build_model  # noqa: E402
+from nlp.rnn import token_nll  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

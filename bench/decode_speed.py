@@ -16,8 +16,8 @@ floor, median over rounds; `ms_per_token` the median time. Per token:
   distribution; other tokens for the same seed);
 - "model step only": `LanguageModel.step` (the matrix-vector step through the stack and the output layer),
   as the app and the CLI load the model (`nlp.serve.open_checkpoint`): on a CPU with native bfloat16, steps
-  that read bfloat16 copies of the weights (`nlp.models.half_step_weights`), else the float32 weights stored
-  transposed (`nlp.models.transposed_weights`); baselines: "float32 weights" (transposed; the same as ours
+  that read bfloat16 copies of the weights (`nlp.cpu_serving.half_step_weights`), else the float32 weights stored
+  transposed (`nlp.cpu_serving.transposed_weights`); baselines: "float32 weights" (transposed; the same as ours
   where bfloat16 is not native), "only the output layer transposed" (before the recurrent weights were), and
   "weights as saved", as `load_checkpoint` returns them; "sampling, float32 weights" is the baseline of ours;
 - "nn.LSTM once per token (baseline)": the fused module called per token (weights as saved), plus the output

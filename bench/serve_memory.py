@@ -8,7 +8,7 @@ pandas and altair imported; the shipped LM loaded), with its baseline in the sam
   (now) against nltk's Treebank detokenizer (before; `import nltk` also loads scipy and scikit-learn);
 - 8 at once: the rise of peak resident memory (VmHWM, reset first) while 8 threads, as 8 sessions do, each
   sample 60 tokens of the LM's default decoding from the same prompt; now, the fused LSTM's inference calls take
-  turns (nlp.models.fused_turn), against the baseline where they all run at once (oneDNN copies each layer's
+  turns (nlp.cpu_serving.fused_turn), against the baseline where they all run at once (oneDNN copies each layer's
   weights on every call);
 - 8 chat replies: the same rise while 8 threads each reply to their own message with sample-and-rank over 16
   candidates (the shipped chat model), and the median seconds of one reply with the server to itself. Now (the

@@ -220,7 +220,7 @@ def step_stack(rnn: nn.Module, mode: str, x: Tensor, state):
     matrix-vector step is much faster than calling the fused module once per token (see DESIGN.md).
     x (B, I); state (L, B, H) or a pair of them for the LSTM. Dropout is off: this is inference.
     """
-    packed = getattr(rnn, "step_weights", None)  # set by nlp.models.half_step_weights
+    packed = getattr(rnn, "step_weights", None)  # set by nlp.cpu_serving.half_step_weights
     if packed is not None and mode == "LSTM":
         return lstm_stack_step(packed, x, state)
     hs, cs = [], []

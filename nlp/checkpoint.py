@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nlp.errors import CheckpointError
-from nlp.models import ConfigError, build_model
+from nlp.errors import CheckpointError, ConfigError
+from nlp.models import build_model
 from nlp.tokenizer import Tokenizer, TokenizerError
 
 FORMAT = 1
@@ -156,6 +156,9 @@ def read_train_log(path: str | Path, problems: list[str] | None = None) -> list[
 
 def read_config(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file, not a checkpoint: give the folder that holds {CONFIG}, {WEIGHTS} "
+                              f"and {TOKENIZER} (the shipped ones are under checkpoints/)")
     if not (path / CONFIG).is_file():
         what = "no checkpoint" if not path.exists() else f"no {CONFIG}"
         raise CheckpointError(f"{what} at {path}: {rebuild_hint(path)}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nlp.errors import ConfigError, OneLineParser
 from nlp.tasks import TASKS
 
 
@@ -79,7 +81,8 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "stop (resumably) after this long (0 = no limit)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = once per epoch)"})
     eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = all)"})
-    patience: int = field(default=3, metadata={"help": "early stop after this many evaluations without gain"})
+    patience: int = field(default=3, metadata={
+        "help": "early stop after this many evaluations without gain (0 = never)"})
     keep: str = field(default="best", metadata={
         "help": "best: the checkpoint is the model of the lowest validation loss | last: the model at each "
                 "evaluation (for an objective the validation loss is not, e.g. chat's context_contrast)"})
@@ -98,6 +101,39 @@ class TrainConfig:
     model: dict = field(default_factory=dict, metadata={"help": "model settings ([model] table, --model.KEY V)"})
 
 
+# The range of every numeric setting: (lowest, highest, whether the highest is allowed). Sizes that allocate
+# memory have a ceiling far above any run here, so that a typo (an extra zero or three) is an error, not an
+# attempt to allocate terabytes.
+BIG = 1_000_000_000
+LIMITS = {
+    **dict.fromkeys(("batch_size", "eval_batch_size", "bptt", "max_src_len", "max_tgt_len", "max_len"), (1, 65_536)),
+    "vocab_size": (8, 1_000_000), "context_turns": (1, 64), "epochs": (1, BIG), "patience": (0, BIG),
+    "log_every": (1, BIG), "max_nonfinite": (1, BIG),
+    **dict.fromkeys(("max_train_examples", "warmup_steps", "max_steps", "eval_every", "eval_batches", "save_every",
+                     "neutral_rows", "seed"), (0, BIG)),
+    "lr": (1e-12, 100.0), "init_lr_scale": (0.0, 100.0), "momentum": (0.0, 1.0, False),
+    **dict.fromkeys(("weight_decay", "clip", "rank_weight", "context_contrast", "context_margin", "rating_weight",
+                     "distill_weight", "max_minutes", "negation_augment"), (0.0, 1e6)),
+    "label_smoothing": (0.0, 1.0, False), **dict.fromkeys(("empty_context_rate", "word_dropout"), (0.0, 1.0)),
+    "plateau_factor": (1e-6, 1.0, False),
+}
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Every numeric setting a finite number of the right kind within LIMITS, as a ConfigError that names it
+    (a batch size of 0 or a NaN learning rate would otherwise fail deep in training, or train on garbage)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name, (low, high, *closed) in LIMITS.items():
+        value, whole = getattr(cfg, name), hints[name] is int
+        kind = isinstance(value, int) if whole else isinstance(value, (int, float))
+        top_ok = closed[0] if closed else True
+        if isinstance(value, bool) or not kind or not math.isfinite(value) or value < low \
+                or value > high or (value == high and not top_ok):
+            span = f"from {low:,} to {high:,}" if whole else f"from {low:g} to {'below ' * (not top_ok)}{high:g}"
+            raise ConfigError(f"{name.replace('_', '-')} must be a {'whole number' if whole else 'number'} {span}, "
+                              f"not {value!r}")
+
+
 # --------------------------------------------------------------------------- configuration
 def _cast(value: str, typ):
     origin = typing.get_origin(typ)
@@ -114,7 +150,7 @@ def _cast(value: str, typ):
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nlp train", description=description or __doc__,
+    p = OneLineParser(prog="python -m nlp train", description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML recipe (configs/*.toml); flags below override it")
     hints = typing.get_type_hints(TrainConfig)
@@ -183,6 +219,7 @@ def resolve_config(argv: list[str], description: str | None = None) -> TrainConf
         if isinstance(values.get(k), str):
             values[k] = [values[k]]
     cfg = TrainConfig(**values)
+    check_train_config(cfg)
     if not cfg.out:
         cfg.out = f"runs/{cfg.task}"
     return cfg

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from nlp.errors import GenerationError, NonFiniteScores
-from nlp.tokenizer import BOS, EOS, Tokenizer
+from nlp.tokenizer import BOS, EOS
 
 STRATEGIES = ("greedy", "sample", "beam")
 MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy (dividing by a tinier one overflows the scores)
@@ -333,7 +333,7 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
     """
     model.eval()
     log_probs, state = prime(model, prompt_ids)
-    adjuster = _prompt_adjuster(model, prompt_ids, cfg, log_probs)
+    adjuster = prompt_adjuster(model, prompt_ids, cfg, log_probs)
     for _ in range(cfg.max_new_tokens):
         tok = choose(adjuster(log_probs), cfg, generator)[0]
         if tok == EOS and cfg.stop_at_eos:
@@ -345,101 +345,16 @@ def sample_tokens(model, prompt_ids: list[int], cfg: GenerationConfig, generator
         log_probs, state = model.step(torch.tensor([tok], device=log_probs.device), state)
 
 
-def _prompt_adjuster(model, prompt_ids: list[int], cfg: GenerationConfig, log_probs: Tensor) -> ScoreAdjuster:
+def reorder(state: dict, idx: Tensor) -> dict:
+    """A decoding state's rows `idx`, in that order (the batch is dim 0 of every tensor)."""
+    return {k: v.index_select(0, idx) for k, v in state.items()}
+
+
+def prompt_adjuster(model, prompt_ids: list[int], cfg: GenerationConfig, log_probs: Tensor) -> ScoreAdjuster:
     """One row's ScoreAdjuster: the LM continues its prompt, so the prompt counts as text already written; the
     chat model's context is the encoder's input, so only the reply counts."""
     history = list(prompt_ids) if model.task == "lm" else []
     return ScoreAdjuster(cfg, [history], log_probs.shape[1], log_probs.device)
-
-
-def _reorder(state: dict, idx: Tensor) -> dict:
-    return {k: v.index_select(0, idx) for k, v in state.items()}
-
-
-@torch.no_grad()
-def beam_search(model, prompt_ids: list[int], cfg: GenerationConfig) -> list[tuple[list[int], float]]:
-    """n-best (token ids without EOS, length-normalised log-prob), best first."""
-    model.eval()
-    K = cfg.num_beams
-    log_probs, state = prime(model, prompt_ids)
-    adjuster = _prompt_adjuster(model, prompt_ids, cfg, log_probs)
-    beams: list[list[int]] = [[]]
-    scores = torch.zeros(1, device=log_probs.device)
-    finished: list[tuple[list[int], float]] = []
-
-    def normalised(score: float, length: int) -> float:
-        return score / (max(length, 1) ** cfg.length_penalty)
-
-    for step in range(cfg.max_new_tokens):
-        lp = adjuster(log_probs)
-        cand = (scores.unsqueeze(1) + lp).view(-1)
-        top = torch.topk(cand, min(2 * K, cand.numel()))
-        keep_rows, keep_toks, keep_scores = [], [], []
-        for score, flat in zip(top.values.tolist(), top.indices.tolist()):
-            if math.isinf(score):
-                break
-            row, tok = divmod(flat, lp.shape[1])
-            if tok == EOS:
-                finished.append((beams[row], normalised(score, len(beams[row]) + 1)))
-            else:
-                keep_rows.append(row)
-                keep_toks.append(tok)
-                keep_scores.append(score)
-            if len(keep_rows) == K:
-                break
-        if len(finished) >= K or not keep_rows:
-            break
-        idx = torch.tensor(keep_rows, device=scores.device)
-        beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_toks)]
-        scores = torch.tensor(keep_scores, device=scores.device)
-        if step == cfg.max_new_tokens - 1:
-            break
-        adjuster.advance(keep_rows, keep_toks)
-        log_probs, state = model.step(torch.tensor(keep_toks, device=idx.device), _reorder(state, idx))
-    if len(finished) < K:  # out of steps: unfinished beams compete too
-        finished += [(b, normalised(float(s), len(b))) for b, s in zip(beams, scores.tolist())]
-    finished.sort(key=lambda x: -x[1])
-    return finished[:cfg.num_return_sequences]
-
-
-# --------------------------------------------------------------------------- text
-def decode_text(tokenizer: Tokenizer, ids: list[int], prompt_ids: list[int] = ()) -> str:
-    """Text of `ids` as it continues `prompt_ids` (so a leading space survives); EOS reads as a newline."""
-    def text(seq: list[int]) -> str:
-        parts, cur = [], []
-        for i in seq:
-            if i == EOS:
-                parts.append(tokenizer.decode(cur))
-                cur = []
-            else:
-                cur.append(i)
-        return "\n".join(parts + [tokenizer.decode(cur)])
-
-    if not prompt_ids:
-        return text(list(ids))
-    head = text(list(prompt_ids))
-    full = text(list(prompt_ids) + list(ids))
-    return full[len(head):] if full.startswith(head) else full
-
-
-def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], prompt_ids: list[int] = ()) -> Iterator[str]:
-    """Text pieces as tokens arrive; joined they equal `decode_text` of all the tokens.
-
-    A piece is held back while the text ends in an incomplete UTF-8 sequence (byte-fallback tokens decode
-    to U+FFFD until the character's last byte arrives).
-    """
-    ids: list[int] = []
-    emitted = ""
-    for tok in tokens:
-        ids.append(tok)
-        text = decode_text(tokenizer, ids, prompt_ids)
-        safe = text.rstrip("\ufffd")
-        if safe.startswith(emitted) and len(safe) > len(emitted):
-            yield safe[len(emitted):]
-            emitted = safe
-    final = decode_text(tokenizer, ids, prompt_ids)
-    if final.startswith(emitted) and len(final) > len(emitted):
-        yield final[len(emitted):]
 
 
 @torch.no_grad()
@@ -527,7 +442,7 @@ def sample_from_state(model, state: dict, cfg: GenerationConfig, generator: torc
             break
         if len(keep) < m:
             rows = keep + [m + p for p in keep] if shadowed else keep
-            state = _reorder(state, torch.tensor(rows, device=device))
+            state = reorder(state, torch.tensor(rows, device=device))
             active, toks = [active[p] for p in keep], [toks[p] for p in keep]
         adjuster.advance(keep, toks)
         log_probs, state = model.step(torch.tensor(toks + toks if shadowed else toks, device=device), state)

@@ -4,6 +4,8 @@ They live here, apart from the modules that raise them, so that importing them c
 --help` and the CLI's error handling need them before (or without) torch and datasets.
 """
 
+import argparse
+
 
 class CorpusError(Exception):
     """A corpus could not be found, fetched, verified or read; the message says why in one line."""
@@ -37,3 +39,11 @@ class NonFiniteScores(GenerationError):
 
 class ReplyIndexError(CheckpointError):
     """A chat checkpoint's reply index is missing, damaged or unreadable; the message says how to rebuild it."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (what is wrong, and where the options are listed),
+    exit status 2; argparse's own prints the whole usage first, a dozen lines that hide the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")

@@ -10,226 +10,30 @@ is a dict of tensors with the batch in dim 0 (so beam search can reorder it with
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nlp.attention import Attention
-from nlp.cells import Recurrent, step_stack
+from nlp.cells import step_stack
+from nlp.cpu_serving import weights_not_drawn
 from nlp.errors import ConfigError
+from nlp.rnn import (
+    MODES,
+    FromConfig,
+    init_rnn,
+    make_rnn,
+    masked_max,
+    mean_logprob,
+    run_bidirectional_unpacked,
+    run_rnn,
+    state_from_batch_first,
+    state_to_batch_first,
+    token_nll,
+)
 from nlp.tokenizer import PAD
-
-FUSED = {"lstm": nn.LSTM, "gru": nn.GRU}
-MODES = {"lstm": "LSTM", "gru": "GRU"}
-
-
-# --------------------------------------------------------------------------- shared pieces
-def make_rnn(rnn_type: str, impl: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-             bidirectional: bool = False) -> nn.Module:
-    if rnn_type not in FUSED:
-        raise ConfigError(f"rnn_type must be 'lstm' or 'gru', got {rnn_type!r}")
-    if impl not in ("fused", "cells"):
-        raise ConfigError(f"impl must be 'fused' or 'cells', got {impl!r}")
-    dropout = dropout if num_layers > 1 else 0.0
-    if impl == "cells":
-        return Recurrent(MODES[rnn_type], input_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
-                         bidirectional=bidirectional)
-    return FUSED[rnn_type](input_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
-                           bidirectional=bidirectional)
-
-
-def init_rnn(rnn: nn.Module) -> None:
-    """Orthogonal recurrent weights (per gate), Xavier input weights, zero biases, LSTM forget-gate bias 1.
-
-    Orthogonal W_hh keeps the singular values of the recurrent Jacobian near 1 at the start, so gradients
-    neither vanish nor explode over long spans; a forget bias of 1 starts the LSTM remembering.
-    """
-    is_lstm = isinstance(rnn, nn.LSTM) or getattr(rnn, "mode", "") == "LSTM"
-    H = rnn.hidden_size
-    for name, p in rnn.named_parameters():
-        if name.startswith("weight_hh"):
-            for chunk in p.data.split(H, 0):
-                nn.init.orthogonal_(chunk)
-        elif name.startswith("weight_ih"):
-            for chunk in p.data.split(H, 0):
-                nn.init.xavier_uniform_(chunk)
-        elif name.startswith("bias"):
-            nn.init.zeros_(p)
-            if is_lstm and name.startswith("bias_ih"):
-                p.data[H:2 * H] = 1.0  # gates are (i, f, g, o): the second block is the forget gate
-
-
-_FUSED_CPU_INFERENCE = threading.RLock()  # re-entrant: sample-and-rank holds it around its own fused calls
-
-
-@contextmanager
-def fused_turn(x: Tensor):
-    """Inference calls of the fused RNN on the CPU take turns, one at a time per process.
-
-    oneDNN, which runs the fused LSTM on the CPU, copies each layer's weights into its own layout on every call
-    (8 MB a layer for the shipped LM) and frees the copy after. In the app every session runs in a thread of
-    one process: 8 sessions pressing Generate at once held 8 copies, +70 MB of peak memory for nothing, since
-    each call already spreads over every core with torch's intra-op threads. Training (gradients on) and
-    other devices never wait. Sample-and-rank takes one turn for a whole reply (its sampling steps and scoring
-    passes), so sessions' rankings do not interleave. (What 8 ranking sessions held at once was mostly MKL's
-    per-thread buffers: webapp.__main__.lean_memory frees those.)
-    """
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        yield
-        return
-    with _FUSED_CPU_INFERENCE:
-        yield
-
-
-def run_rnn(rnn: nn.Module, x: Tensor, lengths: Tensor | None = None, hx=None):
-    """Run a batch-first stack on a padded batch, whether it is fused (packed) or built from cells."""
-    if isinstance(rnn, Recurrent):
-        return rnn(x, hx, lengths=lengths)
-    if lengths is None:
-        with fused_turn(x):
-            return rnn(x, hx)
-    packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-    with fused_turn(x):
-        out, state = rnn(packed, hx)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-    return out, state
-
-
-def reverse_index(lengths: Tensor, T: int) -> Tensor:
-    """(B, T) positions that reverse each row's first lengths[b] entries and leave its padding in place."""
-    t = torch.arange(T, device=lengths.device).unsqueeze(0)
-    n = lengths.unsqueeze(1)
-    return torch.where(t < n, n - 1 - t, t)
-
-
-def run_bidirectional_unpacked(rnn: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
-    """Outputs (B, T, 2H) of a bidirectional fused LSTM on a right-padded batch, exact at every real position,
-    without packing (which costs a BiLSTM 1.9x on CPU: bench/packing.py).
-
-    The forward direction reads each row from its start, so the padding after its end cannot reach a real
-    position. The backward direction runs forward over each row reversed within its length (padding still at
-    the end) and is turned back. Each direction of each layer is one fused call on that direction's own
-    weights, so the parameters are those of `rnn`. Final states are not returned: past a row's end they have
-    read padding (models that need them use `run_rnn`).
-    """
-    B, T, _ = x.shape
-    lengths = lengths.to(x.device).clamp(min=1)
-    rev = reverse_index(lengths, T).unsqueeze(-1)                       # (B, T, 1)
-    inp = x
-    with fused_turn(x):
-        for layer in range(rnn.num_layers):
-            outs = []
-            for sfx in ("", "_reverse"):
-                params = [getattr(rnn, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                xin = inp if not sfx else inp.gather(1, rev.expand(-1, -1, inp.shape[-1]))
-                h0 = inp.new_zeros(1, B, rnn.hidden_size)
-                out, _, _ = torch.lstm(xin, (h0, h0), params, True, 1, 0.0, rnn.training, False, True)
-                outs.append(out if not sfx else out.gather(1, rev.expand(-1, -1, out.shape[-1])))
-            inp = torch.cat(outs, -1)
-            if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
-                inp = F.dropout(inp, rnn.dropout, True)
-    return inp
-
-
-def masked_max(x: Tensor, mask: Tensor) -> Tensor:
-    """x (B, T, D), mask (B, T) True at real positions -> the max over real positions (B, D)."""
-    return x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).max(1).values
-
-
-def token_nll(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy over the targets that are not PAD, and how many there were."""
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
-                           reduction="sum", label_smoothing=label_smoothing)
-    return loss, (targets != PAD).sum()
-
-
-def row_mean_logprob(logits: Tensor, targets: Tensor) -> Tensor:
-    """(B, T, V) logits, (B, T) targets -> each row's mean log-probability of its targets that are not PAD."""
-    return mean_logprob(F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=PAD,
-                                        reduction="none"), targets)
-
-
-def mean_logprob(nll: Tensor, targets: Tensor) -> Tensor:
-    """(B, T) per-token NLL (0 at PAD) -> each row's mean log-probability of its targets that are not PAD."""
-    return -nll.sum(1) / (targets != PAD).sum(1).clamp(min=1)
-
-
-def state_to_batch_first(state) -> dict[str, Tensor]:
-    if isinstance(state, tuple):
-        return {"h": state[0].transpose(0, 1), "c": state[1].transpose(0, 1)}
-    return {"h": state.transpose(0, 1)}
-
-
-def state_from_batch_first(d: dict[str, Tensor]):
-    h = d["h"].transpose(0, 1).contiguous()
-    return (h, d["c"].transpose(0, 1).contiguous()) if "c" in d else h
-
-
-class _FromConfig:
-    Config: type
-    task: str
-
-    @classmethod
-    def from_config(cls, cfg: dict):
-        known = {f.name for f in fields(cls.Config)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-        return cls(cls.Config(**cfg))
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-
-def transposed_weights(model: nn.Module) -> nn.Module:
-    """Store the weights a batch-1 step multiplies as transposes of contiguous (in, out) tensors: same shapes
-    and values, another memory order, for inference. At batch 1 a step multiplies one vector by each weight,
-    which BLAS streams 2-3x faster in this order (bench/decode_speed.py). That is each nn.Linear (the output
-    layer above all, vocabulary x width; tied embeddings share its storage and read the same values) and each
-    unidirectional RNN stack, which `step_stack` runs token by token (bidirectional encoders only ever run
-    fused). The fused call then works on a contiguous copy of a stack's weights, made per call: a prompt's one
-    pass pays it, each later token gains. No memory kept beyond that."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.weight.data = module.weight.data.t().contiguous().t()
-        elif isinstance(module, nn.RNNBase) and not module.bidirectional:
-            for name, p in module.named_parameters():
-                if name.startswith("weight_"):
-                    p.data = p.data.t().contiguous().t()
-    return model
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): there half-size weights make a batch-1
-    step faster; elsewhere bfloat16 products are emulated and slower than float32."""
-    cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
-                                                                     "_is_amx_tile_supported"))
-
-
-def half_step_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """For token-by-token decoding: each unidirectional fused LSTM stack keeps its layers packed as one
-    [W_ih | W_hh] matrix in `dtype` with the summed bias (`step_weights`, read by nlp.cells.step_stack), and a
-    language model's output layer a `dtype` copy of its weight (`step_weight`, read by `log_probs`). A step then
-    reads half the bytes, in one matrix-vector product a layer instead of two; states, gates and log-probs stay
-    float32. The float32 weights stay for prompts (one fused pass) and everything else. Inference only: the
-    copies do not follow later changes to the weights. bench/decode_speed.py measures the speed and what it
-    does to the log-probabilities."""
-    for module in model.modules():
-        if isinstance(module, nn.LSTM) and not module.bidirectional and not module.proj_size:
-            module.step_weights = [
-                (torch.cat([getattr(module, f"weight_ih_l{k}"), getattr(module, f"weight_hh_l{k}")], 1)
-                 .detach().to(dtype).contiguous(),
-                 (getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")).detach().float())
-                for k in range(module.num_layers)]
-    if isinstance(model, LanguageModel) and not hasattr(model, "adaptive"):
-        model.decoder.step_weight = model.decoder.weight.detach().to(dtype).contiguous()
-    return model
 
 
 # --------------------------------------------------------------------------- language model
@@ -246,7 +50,7 @@ class LMConfig:
     impl: str = "fused"           # fused (cuDNN / MKL-DNN) | cells (the equations in nlp/cells.py)
 
 
-class LanguageModel(nn.Module, _FromConfig):
+class LanguageModel(nn.Module, FromConfig):
     Config, task = LMConfig, "lm"
 
     def __init__(self, config: LMConfig):
@@ -330,7 +134,7 @@ class Seq2SeqConfig:
     rank_dim: int = 0             # > 0: a next-reply head scores (context, reply) pairs in this many dims
 
 
-class Seq2Seq(nn.Module, _FromConfig):
+class Seq2Seq(nn.Module, FromConfig):
     """Bidirectional LSTM encoder -> bridge -> LSTM decoder with attention over the encoder states.
 
     Default (Luong, no input feeding): the decoder runs over the whole target in one fused call and attends
@@ -523,7 +327,7 @@ class SentimentConfig:
     impl: str = "fused"
 
 
-class SentimentClassifier(nn.Module, _FromConfig):
+class SentimentClassifier(nn.Module, FromConfig):
     """Embedding -> BiLSTM -> attention pooling -> class logits and a rating.
 
     Attention pooling: a learned query scores every token state (additive attention), the softmax of the
@@ -556,30 +360,6 @@ class SentimentClassifier(nn.Module, _FromConfig):
 
 
 MODELS = {m.task: m for m in (LanguageModel, Seq2Seq, SentimentClassifier)}
-
-
-_INIT_FUNCTIONS = threading.Lock()
-
-
-@contextmanager
-def weights_not_drawn():
-    """Modules built inside keep the uninitialised memory their weights were allocated with: every public
-    function of torch.nn.init (which nn.Linear, nn.LSTM, nn.Embedding and `init_rnn` call) does nothing. For a
-    model whose weights are loaded next: drawing them took 0.38 s of the chat model's 0.5 s load. (A model on
-    the "meta" device would need no patching, but torch's normal_ on it imports torch._dynamo, 3 s.)
-
-    Those functions are module-wide: builds inside take turns, and another thread that initialises a model
-    meanwhile would get undrawn weights too (nothing does in the app, which only loads)."""
-    names = [n for n in vars(nn.init) if n.endswith("_") and not n.startswith("_")]
-    with _INIT_FUNCTIONS:
-        saved = {n: getattr(nn.init, n) for n in names}
-        try:
-            for n in names:
-                setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-            yield
-        finally:
-            for n, f in saved.items():
-                setattr(nn.init, n, f)
 
 
 def build_model(task: str, cfg: dict, draw_weights: bool = True) -> nn.Module:

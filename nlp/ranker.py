@@ -31,7 +31,6 @@ import math
 import re
 from collections import Counter
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +38,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from nlp.checkpoint import WEIGHTS, Checkpoint, write_json
+from nlp.cpu_serving import fused_turn
 from nlp.data import pad
+from nlp.english import STOP_WORDS
 from nlp.errors import CheckpointError
-from nlp.models import fused_turn, native_bf16
 from nlp.ranking import EMPTY_CONTEXT, has_head, head_scores
+from nlp.runtime import cpu_has_native_bf16
 from nlp.tokenizer import BOS, EOS, PAD
 
 RANKER_WEIGHTS, RANKER_CONFIG = "ranker.safetensors", "ranker.json"
@@ -53,7 +54,7 @@ MAX_REPLY_TOKENS = 60  # candidates are scored on their first 60 tokens (the ind
 
 
 def _autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16) if native_bf16() else nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else nullcontext()
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def features(model, tokenizer, contexts: list[list[int]], replies: list[list[lis
     dev = next(model.parameters()).device
     n = len(flat)
     src, src_len = pad([c or EMPTY_CONTEXT for c in contexts] + [EMPTY_CONTEXT])
-    # one ranking at a time per process, as sampling takes turns (nlp.models.fused_turn): 8 sessions scoring at
+    # one ranking at a time per process, as sampling takes turns (nlp.cpu_serving.fused_turn): 8 sessions scoring at
     # once each held autocast's weight copies and the output layer's (positions x vocabulary) logits
     with fused_turn(src), (_autocast() if amp else nullcontext()):
         state = model.encode(src.to(dev), src_len)
@@ -89,8 +90,6 @@ def features(model, tokenizer, contexts: list[list[int]], replies: list[list[lis
                       torch.tensor([text_features(tokenizer.decode(r)) for r in flat])], 1)
 
 
-STOP_WORDS = frozenset(line.strip() for line in (Path(__file__).parent / "stop_words.txt").read_text().splitlines()
-                       if line.strip() and not line.startswith("#"))
 _TOKENS = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")  # words (contractions whole) and punctuation marks
 
 

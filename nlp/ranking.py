@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from nlp.cpu_serving import fused_turn
 from nlp.data import pad
-from nlp.models import fused_turn
+from nlp.decoding import sample_from_state
 from nlp.tokenizer import BOS, EOS, SEP
 
 EMPTY_CONTEXT = [SEP]  # what the model sees as "no context" (see TrainConfig.empty_context_rate)
@@ -233,8 +234,6 @@ def sample_and_rank(model, prompts: list[list[int]], cfg, weights: RankWeights, 
 def _rank_batch(model, prompts: list[list[int]], src: Tensor, src_len: Tensor, n: int, cfg, weights: RankWeights,
                 generator, cut: SentenceCut | None, overlap: Overlap | None) -> list[list[dict]]:
     """src: the prompts, padded, and after them the empty context when the prior is weighed."""
-    from nlp.decoding import sample_from_state
-
     B = len(prompts)
     shadowed = src.shape[0] > B
     state = model.encode(src, src_len)

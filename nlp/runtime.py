@@ -1,6 +1,7 @@
-"""Where and how a training run computes: device, mixed precision, and the ranks of a torchrun job.
+"""Where and how a training run computes: device, mixed precision, the ranks of a torchrun job, its seeds, and
+the signals that ask it to stop.
 
-The Trainer asks this module three things and nothing else about hardware: which device and rank it is
+The Trainer asks this module these things and nothing else about hardware: which device and rank it is
 (`Runtime`), what autocast to use (`Runtime.autocast`), and whether all ranks agree on something (`agree`),
 which is how stop decisions (a signal on one rank, a time limit that runs out a moment earlier on another)
 become one decision taken at the same step everywhere, so no rank waits forever for the others.
@@ -9,6 +10,10 @@ become one decision taken at the same step everywhere, so no rank waits forever 
 from __future__ import annotations
 
 import os
+import random
+import signal
+import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -101,3 +106,46 @@ class Runtime:
         if distributed():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """torch's, Python's and NumPy's global RNGs (the last two only matter to code that might use them; seeded, a
+    resumed run's state equals an uninterrupted one's in every stream)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+class StopRequests:
+    """SIGTERM and Ctrl-C ask the loop to stop between steps (the step in hand finishes and the state is
+    saved); a second Ctrl-C quits at once. Installed on every rank, so a signal to any process counts."""
+
+    def __init__(self, announce: bool):
+        self.signal: int | None = None
+        self.announce = announce
+        self.old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _on(self, signum, frame):
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        if self.announce and signum == signal.SIGINT:
+            print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    @property
+    def reason(self) -> str:
+        return {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (Ctrl-C)"}.get(self.signal, "")

@@ -18,19 +18,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nlp.beam import beam_search
 from nlp.checkpoint import CONFIG, Checkpoint, CheckpointError, load_checkpoint, rebuild_hint
+from nlp.cpu_serving import half_step_weights, transposed_weights
 from nlp.data import pad
 from nlp.decoding import (
     GenerationConfig,
     GenerationError,
-    beam_search,
-    decode_text,
     is_whole,
     sample_tokens,
-    stream_text,
 )
 from nlp.lexicon import has_opinion
-from nlp.models import half_step_weights, native_bf16, transposed_weights
 from nlp.ranker import features, load_ranker
 from nlp.ranking import (
     Overlap,
@@ -43,7 +41,8 @@ from nlp.ranking import (
     sample_and_rank,
 )
 from nlp.retrieval import ReplyIndex, index_path
-from nlp.tokenizer import BOS, EOS, detokenize_wikitext
+from nlp.runtime import cpu_has_native_bf16
+from nlp.tokenizer import BOS, EOS, decode_text, detokenize_wikitext, stream_text
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
 
@@ -247,7 +246,7 @@ def open_checkpoint(path: str | Path, task: str | None = None, impl: str | None 
         _ = ck.tokenizer.sentence_ends
         Overlap.of(ck.tokenizer)
         ck.ranker = load_ranker(ck) if ranker else None
-    if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and native_bf16():
+    if ck.task == "lm" and half_steps and next(ck.model.parameters()).device.type == "cpu" and cpu_has_native_bf16():
         half_step_weights(ck.model)
     return ck
 

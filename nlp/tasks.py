@@ -1,8 +1,9 @@
 """The three tasks behind one interface: what the Trainer, `eval` and the CLI need to know about a task.
 
-A Task owns its examples and batches, its loss, its validation score, its evaluation (metrics and baselines,
-in nlp/evaluate.py) and its recipe defaults. The Trainer loops over any task and names none of them; adding a
-fourth (translation, forecasting) means one class here, registered in TASKS, plus its model in nlp/models.py.
+A Task owns its examples and batches, its loss, its validation score and its recipe defaults; its evaluation
+(metrics beside baselines) is in nlp/evaluate.py, which reads TASKS. The Trainer loops over any task and names
+none of them; adding a fourth (translation, forecasting) means one class here, registered in TASKS, its model
+in nlp/models.py and its evaluation in nlp/evaluate.py.
 
     task = TASKS["lm"](cfg, device)            # cfg: a TrainConfig
     task.prepare(splits, tokenizer, rank, world)
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 
 from nlp import data as D
 from nlp.errors import ConfigError, CorpusError
-from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq, row_mean_logprob, token_nll
+from nlp.models import LanguageModel, SentimentClassifier, Seq2Seq
+from nlp.rnn import row_mean_logprob, token_nll
 from nlp.tokenizer import PAD, SEP, UNK, Tokenizer
 
 
@@ -100,12 +102,6 @@ class Task:
     def summary(self, sums: Counter) -> dict:
         return {"val_loss": sums["loss"] / max(sums["count"], 1)}
 
-    # evaluation ---------------------------------------------------------------------------
-    @staticmethod
-    def evaluate(ck, dd, split: str, max_examples: int, gen, seed: int) -> tuple[dict, dict]:
-        """(metrics, baselines) of a checkpoint on a corpus split, for `python -m nlp eval`."""
-        raise NotImplementedError
-
 
 class LMTask(Task):
     """Next-token prediction over one long stream of text, read in windows; loss() returns the recurrent state
@@ -139,12 +135,6 @@ class LMTask(Task):
         out = super().summary(sums)
         out["val_token_perplexity"] = math.exp(min(out["val_loss"], 50))
         return out
-
-    @staticmethod
-    def evaluate(ck, dd, split, max_examples, gen, seed):
-        from nlp.evaluate import eval_lm
-
-        return eval_lm(ck, dd, split, max_examples)
 
 
 class ChatTask(Task):
@@ -233,12 +223,6 @@ class ChatTask(Task):
             out["val_rank_loss"] = sums["rank_loss"] / sums["rank_rows"]
         return out
 
-    @staticmethod
-    def evaluate(ck, dd, split, max_examples, gen, seed):
-        from nlp.evaluate import eval_chat
-
-        return eval_chat(ck, dd, split, max_examples, gen, seed)
-
 
 class SentimentTask(Task):
     """Binary label and -4..+4 rating of a text (BiLSTM with attention pooling, two heads)."""
@@ -325,12 +309,6 @@ class SentimentTask(Task):
 
     def summary(self, sums):
         return {**super().summary(sums), "val_accuracy": sums["correct"] / max(sums["labelled"], 1)}
-
-    @staticmethod
-    def evaluate(ck, dd, split, max_examples, gen, seed):
-        from nlp.evaluate import eval_sentiment
-
-        return eval_sentiment(ck, dd, split, max_examples)
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (LMTask, ChatTask, SentimentTask)}

@@ -224,15 +224,41 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, input_sentence
     return Tokenizer(buf.getvalue())
 
 
-def corpus_texts(dd) -> Iterator[str]:
-    """Every text of a corpus's train split, whatever its task (dialogue turns included)."""
-    from nlp.corpora import task_of
+# --------------------------------------------------------------------------- generated ids as text
+def decode_text(tokenizer: Tokenizer, ids: list[int], prompt_ids: list[int] = ()) -> str:
+    """Text of `ids` as it continues `prompt_ids` (so a leading space survives); EOS reads as a newline."""
+    def text(seq: list[int]) -> str:
+        parts, cur = [], []
+        for i in seq:
+            if i == EOS:
+                parts.append(tokenizer.decode(cur))
+                cur = []
+            else:
+                cur.append(i)
+        return "\n".join(parts + [tokenizer.decode(cur)])
 
-    ds = dd["train"]
-    if task_of(ds) == "chat":
-        for row in ds:
-            if len(row["context"]) == 1:  # a conversation's opening turn is no earlier pair's response
-                yield row["context"][0]
-            yield row["response"]
-    else:
-        yield from ds["text"]
+    if not prompt_ids:
+        return text(list(ids))
+    head = text(list(prompt_ids))
+    full = text(list(prompt_ids) + list(ids))
+    return full[len(head):] if full.startswith(head) else full
+
+
+def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], prompt_ids: list[int] = ()) -> Iterator[str]:
+    """Text pieces as tokens arrive; joined they equal `decode_text` of all the tokens.
+
+    A piece is held back while the text ends in an incomplete UTF-8 sequence (byte-fallback tokens decode
+    to U+FFFD until the character's last byte arrives).
+    """
+    ids: list[int] = []
+    emitted = ""
+    for tok in tokens:
+        ids.append(tok)
+        text = decode_text(tokenizer, ids, prompt_ids)
+        safe = text.rstrip("\ufffd")
+        if safe.startswith(emitted) and len(safe) > len(emitted):
+            yield safe[len(emitted):]
+            emitted = safe
+    final = decode_text(tokenizer, ids, prompt_ids)
+    if final.startswith(emitted) and len(final) > len(emitted):
+        yield final[len(emitted):]

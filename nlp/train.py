@@ -18,11 +18,8 @@ from __future__ import annotations
 import gc
 import json
 import math
-import random
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,11 +30,11 @@ from tqdm import tqdm
 from nlp import checkpoint as ckpt
 from nlp import train_state
 from nlp.config import TrainConfig, resolve_config
-from nlp.corpora import load_corpus, source_of, task_of
+from nlp.corpora import corpus_texts, load_corpus, source_of, task_of
 from nlp.errors import CheckpointError, ConfigError, CorpusError, TrainingError
-from nlp.runtime import Runtime
+from nlp.runtime import Runtime, StopRequests, seed_everything
 from nlp.tasks import TASKS
-from nlp.tokenizer import Tokenizer, corpus_texts, train_tokenizer
+from nlp.tokenizer import Tokenizer, train_tokenizer
 
 
 class Stop(Exception):
@@ -64,19 +61,6 @@ def load_splits(cfg: TrainConfig) -> dict:
     return splits
 
 
-def seed_everything(seed: int) -> None:
-    """torch's, Python's and NumPy's global RNGs (the last two only matter to code that might use them; seeded, a
-    resumed run's state equals an uninterrupted one's in every stream)."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-
-
 def detach(carry):
     """Truncated BPTT: keep the carried state's values, cut its graph."""
     if carry is None:
@@ -95,36 +79,6 @@ class Progress:
     bad_evals: int = 0                    # and the plateau schedule, so a stop's extra evaluation changes neither
     nonfinite: int = 0                    # steps skipped for a non-finite loss or gradient, in all
     nonfinite_run: int = 0                # ... in a row, up to now
-
-
-class StopRequests:
-    """SIGTERM and Ctrl-C ask the loop to stop between steps (the step in hand finishes and the state is
-    saved); a second Ctrl-C quits at once. Installed on every rank, so a signal to any process counts."""
-
-    def __init__(self, announce: bool):
-        self.signal: int | None = None
-        self.announce = announce
-        self.old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _on(self, signum, frame):
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-        if self.announce and signum == signal.SIGINT:
-            print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
-    @property
-    def reason(self) -> str:
-        return {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (Ctrl-C)"}.get(self.signal, "")
 
 
 class Trainer:
@@ -224,8 +178,6 @@ class Trainer:
         lr * init_lr_scale (ULMFiT: pretrained layers move slower, so fine-tuning keeps what they learned).
         The schedule scales every group alike."""
         c = self.cfg
-        if c.init_lr_scale < 0:
-            raise ConfigError(f"init_lr_scale must be >= 0 (0 freezes the copied weights), got {c.init_lr_scale}")
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         copied = [p for n, p in named if n in self.pretrained]
         params = [p for _, p in named]

@@ -59,8 +59,8 @@ def make_systems(names: list[str], checkpoint: str, seed: int):
     if "idk_ok_bot" in names:
         systems["idk_ok_bot"] = idk_ok
     if "tfidf_top1" in names:
+        from nlp.baselines import Tfidf
         from nlp.corpora import load_corpus
-        from nlp.evaluate import Tfidf
 
         retriever = Tfidf(load_corpus("chitchat")["train"])
         systems["tfidf_top1"] = lambda c: retriever.reply([c])[0]

@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 from datasets import concatenate_datasets  # noqa: E402
 
+from nlp.baselines import Tfidf  # noqa: E402
 from nlp.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from nlp.corpora import load_corpus  # noqa: E402
 from nlp.decoding import make_generator  # noqa: E402
-from nlp.evaluate import Tfidf  # noqa: E402
 from nlp.serve import chat_reply, continue_text, default_decoding  # noqa: E402
 from nlp.tokenizer import detokenize_wikitext  # noqa: E402
 

@@ -43,8 +43,8 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
-    from nlp.corpora import load_corpus
-    from nlp.tokenizer import corpus_texts, train_tokenizer
+    from nlp.corpora import corpus_texts, load_corpus
+    from nlp.tokenizer import train_tokenizer
 
     texts = [t for p in (LM_TEXT, CHAT, SENTIMENT) for t in corpus_texts(load_corpus(str(p)))]
     tok = train_tokenizer(texts, vocab_size=600)

@@ -9,6 +9,7 @@ that folder instead of tiny fixture models; the README's screenshots come from
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -112,22 +113,45 @@ def settle(page):
                            "!document.querySelector('[data-testid=stSkeleton]')")
 
 
-def test_chat_in_the_browser(app, page, shots):
+def test_chat_in_the_browser(app, page, shots, request):
     page.goto(app)
-    page.get_by_text("greedy", exact=True).click()  # deterministic reply (a sampled one may be empty)
+    if not request.config.getoption("--checkpoints"):  # the tiny fixture model: greedy, since a sample may be empty
+        page.get_by_text("greedy", exact=True).click()
     box = page.get_by_test_id("stChatInputTextArea")
-    box.fill("hi, how are you?")
+    box.fill("Hi! Do you have any hobbies?")
     box.press("Enter")
     messages = page.get_by_test_id("stChatMessage")
     messages.nth(1).wait_for()
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stChatMessage]').length >= 2 && "
                            "!document.querySelector('[data-testid=stStatusWidget]')")
+    settle(page)  # the run is over: no element is being replaced while it is read
     reply = messages.nth(1).get_by_test_id("stMarkdownContainer").first.inner_text().strip()
     # the tiny fixture model's greedy reply can be only whitespace: then the page must say so
     assert reply or "empty reply" in messages.nth(1).inner_text(), "the reply is neither shown nor explained"
-    assert messages.nth(0).inner_text().strip().endswith("hi, how are you?")
+    assert messages.nth(0).inner_text().strip().endswith("Hi! Do you have any hobbies?")
     settle(page)
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
+
+
+LINKS = "see www.example.com and https://example.org/login?x=1 or [this](http://evil.example)"
+
+
+def test_links_in_chat_and_generated_text_are_shown_as_text(app, page):
+    """What a user or a model writes is plain text: no live link, not even a bare www.example.com."""
+    page.goto(app)
+    send(page, LINKS)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=stChatMessage]').length >= 2")
+    settle(page)
+    first = page.get_by_test_id("stChatMessage").first
+    assert first.inner_text().strip().endswith(LINKS)
+    assert first.locator("a").count() == 0
+    page.goto(app + "/generate")
+    page.get_by_label(re.compile("^Prompt")).fill(LINKS)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("tokens/s").wait_for()
+    settle(page)
+    assert LINKS in page.get_by_test_id("stMain").inner_text()
+    assert page.get_by_test_id("stMain").locator("a[href*='example']").count() == 0  # (headings have anchors)
 
 
 def test_generate_in_the_browser(app, page, shots):
@@ -136,6 +160,29 @@ def test_generate_in_the_browser(app, page, shots):
     page.get_by_text("tokens/s").wait_for()
     settle(page)
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
+
+
+def test_reset_to_defaults_puts_the_controls_back_in_the_browser(app, page):
+    """The browser sends a control's shown value back on the next run: Reset must set the values, not forget them
+    (it once left the slider at 2.00 and the next text used it)."""
+    page.goto(app + "/generate")
+    settle(page)
+    shown = page.get_by_test_id("stSlider").filter(has_text="Temperature").get_by_test_id("stSliderThumbValue")
+    default = shown.inner_text()
+    for _ in range(2):
+        page.get_by_role("slider", name=re.compile("^Temperature")).press("End")
+        page.get_by_text("Decoding differs from the defaults").wait_for()
+        settle(page)
+        assert shown.inner_text() == "2.00" != default
+        page.get_by_role("button", name="Reset to defaults").click()
+        page.get_by_text("Decoding differs from the defaults").wait_for(state="detached")
+        settle(page)
+        assert shown.inner_text() == default
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("tokens/s").wait_for()
+        settle(page)
+        assert not page.get_by_text("Decoding differs from the defaults").count()
+        assert shown.inner_text() == default
 
 
 def test_sentiment_in_the_browser(app, page, shots):
@@ -200,7 +247,7 @@ def go(page, name: str) -> None:
 def test_eight_sessions_at_once_get_their_own_replies_in_bounded_memory(browser, tmp_path):
     """The shipped models, 8 sessions chatting at once with a seed each: every session shows its own message and
     the reply the same seed gives when the sessions come one at a time; then every session uses every page,
-    and the server's peak memory stays within 600 MB."""
+    and the server's peak memory stays within 550 MB (495 MB measured on a 2-core AVX512-BF16 EPYC)."""
     with serve(ROOT / "checkpoints", tmp_path / "streamlit.log") as (url, proc):
         messages = [f"Hi! What do you think about {topic}?" for topic in TOPICS]
         serial = []
@@ -238,4 +285,4 @@ def test_eight_sessions_at_once_get_their_own_replies_in_bounded_memory(browser,
         for page in pages:
             page.close()
     print(f"server peak memory, {SESSIONS} sessions on every page: {peak:.0f} MB")
-    assert peak <= 600, f"the server's peak memory was {peak:.0f} MB"
+    assert peak <= 550, f"the server's peak memory was {peak:.0f} MB"

@@ -146,7 +146,7 @@ def test_training_state_round_trip(tmp_path, tokenizer, no_pickle):
 
 
 def test_loading_skips_the_random_initialisation_and_puts_it_back(tmp_path, tokenizer, monkeypatch):
-    from nlp.models import weights_not_drawn
+    from nlp.cpu_serving import weights_not_drawn
 
     drawn = []
     real = torch.nn.init.orthogonal_

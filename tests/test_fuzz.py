@@ -214,3 +214,82 @@ def trained_models(trained):
     from nlp.checkpoint import load_checkpoint
 
     return {task: load_checkpoint(path) for task, path in trained.items()}
+
+
+EDGES = ["0", "-1", "-5", "1e12", "99999999999", "nan", "inf", "-inf", "0.5", "1", "x"]
+
+
+def numeric_train_settings() -> list[str]:
+    import dataclasses
+    import typing
+
+    from nlp.config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    return [f.name for f in dataclasses.fields(TrainConfig) if hints[f.name] in (int, float)]
+
+
+@pytest.mark.parametrize("name", numeric_train_settings())
+def test_every_numeric_training_setting_at_its_edges_is_checked_or_refused_in_one_line(capsys, name):
+    from nlp.config import LIMITS, check_train_config, resolve_config
+
+    assert name in LIMITS, f"{name} has no range in nlp.config.LIMITS"
+    for value in EDGES:
+        try:
+            cfg = resolve_config(["--task", "sentiment", f"--{name.replace('_', '-')}", value])
+        except ConfigError as e:
+            assert name.replace("_", "-") in str(e) and "\n" not in str(e)
+            continue
+        except (SystemExit, ValueError) as e:  # a value that is not a number of the setting's kind: usage error
+            assert getattr(e, "code", 2) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) <= 1, err
+            continue
+        check_train_config(cfg)  # accepted: within its range
+        got = getattr(cfg, name)
+        assert math.isfinite(got) and got >= 0, (name, value, got)
+
+
+MODEL_EDGES = [0, -5, 10**9, float("nan"), float("inf"), -0.5, 1.0, True, "x", None]
+
+
+@pytest.mark.parametrize("task", ["lm", "chat", "sentiment"])
+def test_every_model_setting_at_its_edges_is_refused_by_name(task):
+    import dataclasses
+
+    from nlp.models import build_model
+    from nlp.tasks import TASKS
+    config = TASKS[task].model_class.Config
+    small = {"vocab_size": 50, "emb_dim": 8, "hidden_size": 8, "enc_hidden": 8, "dec_hidden": 8, "attn_dim": 8}
+    base = {k: v for k, v in small.items() if k in {f.name for f in dataclasses.fields(config)}}
+    build_model(task, dict(base), draw_weights=False)
+    for f in dataclasses.fields(config):
+        if f.type not in ("int", "float", int, float):
+            continue
+        for value in MODEL_EDGES:
+            ok = (f.type in ("int", int) and isinstance(value, int) and not isinstance(value, bool)
+                  and 0 <= value <= 16 and (value > 0 or f.name == "rank_dim")) or \
+                (f.type in ("float", float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and 0 <= value < 1)
+            if ok:
+                continue
+            with pytest.raises(ConfigError, match=f"model.{f.name}"):
+                build_model(task, {**base, f.name: value}, draw_weights=False)
+
+
+def test_a_checkpoint_with_a_negative_size_and_a_zero_batch_size_are_one_line_errors(trained, tmp_path, capsys):
+    import json
+    import shutil
+
+    from nlp.__main__ import main
+    own = tmp_path / "sentiment"
+    shutil.copytree(trained["sentiment"], own)
+    config = json.loads((own / "config.json").read_text())
+    config["model"]["hidden_size"] = -5
+    (own / "config.json").write_text(json.dumps(config))
+    assert main(["sentiment", "--checkpoint", str(own), "fine"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.hidden_size" in err, err
+    assert main(["train", "--task", "sentiment", "--corpus", "vader-movies", "--batch-size", "0", "--max-steps", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "batch-size" in err, err

@@ -142,15 +142,16 @@ def test_inference_calls_of_the_fused_rnn_take_turns_and_training_never_waits(bi
     turns so that only one copy exists at a time; a training call (gradients on) does not wait."""
     import threading
 
-    from nlp import models
+    from nlp import cpu_serving
+    from nlp import rnn as rnn_mod
 
-    rnn = models.make_rnn("lstm", "fused", 8, 8, 2, 0.0, bidirectional=bidirectional)
+    rnn = rnn_mod.make_rnn("lstm", "fused", 8, 8, 2, 0.0, bidirectional=bidirectional)
     x, lengths = torch.randn(2, 5, 8), torch.tensor([5, 3])
 
     def call():
         if bidirectional:
-            return models.run_bidirectional_unpacked(rnn, x, lengths)
-        return models.run_rnn(rnn, x)[0]
+            return rnn_mod.run_bidirectional_unpacked(rnn, x, lengths)
+        return rnn_mod.run_rnn(rnn, x)[0]
 
     def in_thread(grad: bool) -> threading.Event:
         done = threading.Event()
@@ -163,7 +164,7 @@ def test_inference_calls_of_the_fused_rnn_take_turns_and_training_never_waits(bi
         return done
 
     expected = call().detach()
-    with models._FUSED_CPU_INFERENCE:  # another session's call in progress
+    with cpu_serving._FUSED_CPU_INFERENCE:  # another session's call in progress
         training, inference = in_thread(True), in_thread(False)
         assert training.wait(30)            # training went ahead
         assert not inference.wait(1.0)      # inference waits for its turn
@@ -175,8 +176,8 @@ def test_inference_calls_of_the_fused_rnn_take_turns_and_training_never_waits(bi
 def test_transposed_weights_keep_every_output_and_leave_bidirectional_encoders():
     import copy
 
+    from nlp.cpu_serving import transposed_weights
     from nlp.decoding import prime
-    from nlp.models import transposed_weights
 
     ids = torch.randint(5, V, (7,)).tolist()
     for model in (lm(), s2s()):
@@ -199,8 +200,8 @@ def test_packed_steps_match_the_layer_by_layer_step_and_bfloat16_stays_close():
     layer gets a half copy."""
     import copy
 
+    from nlp.cpu_serving import half_step_weights
     from nlp.decoding import prime
-    from nlp.models import half_step_weights
 
     ids = torch.randint(5, V, (7,)).tolist()
     for model in (lm(), s2s()):
@@ -225,7 +226,7 @@ def test_open_checkpoint_uses_half_steps_only_for_a_language_model_on_native_bfl
     from nlp import serve
 
     for native in (True, False):
-        monkeypatch.setattr(serve, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(serve, "cpu_has_native_bf16", lambda native=native: native)
         lm_ck, chat_ck = serve.open_checkpoint(trained["lm"], "lm"), serve.open_checkpoint(trained["chat"], "chat")
         assert hasattr(lm_ck.model.rnn, "step_weights") == native
         assert not hasattr(chat_ck.model.decoder, "step_weights")

@@ -15,19 +15,13 @@ from nlp.checkpoint import load_checkpoint
 from nlp.config import resolve_config
 from nlp.data import ChatExample, collate_chat, pad
 from nlp.decoding import GenerationConfig, make_generator, sample_from_state
-from nlp.evaluate import (
-    CANDIDATE_COUNTS,
-    MIN_DISTINCT_2,
-    TEMPERATURES,
-    derangement,
-    evaluate,
-    ranking_candidates,
-    tune_chat,
-)
-from nlp.models import Seq2Seq, Seq2SeqConfig, make_rnn, row_mean_logprob, run_bidirectional_unpacked, run_rnn
+from nlp.evaluate import derangement, evaluate, ranking_candidates
+from nlp.models import Seq2Seq, Seq2SeqConfig
+from nlp.rnn import make_rnn, row_mean_logprob, run_bidirectional_unpacked, run_rnn
 from nlp.serve import chat_reply, default_decoding
 from nlp.tokenizer import UNK
 from nlp.train import Trainer
+from nlp.tuning import CANDIDATE_COUNTS, MIN_DISTINCT_2, TEMPERATURES, tune_chat
 from tests.conftest import CHAT, TINY
 
 V = 50

@@ -172,7 +172,7 @@ def test_eval_reports_every_chat_measure_with_its_baselines(served):
 
 
 def test_eval_echo_baselines_score_the_echo():
-    from nlp.evaluate import Tfidf, chat_baselines
+    from nlp.baselines import Tfidf, chat_baselines
     from nlp.metrics import mean_f1
 
     train = load_corpus(str(CHAT))["train"]

@@ -194,13 +194,14 @@ def test_tune_sentiment_writes_a_rule_that_classify_and_eval_use(trained, tmp_pa
 
 
 def test_probe_set_is_balanced_and_the_probe_command_reports_by_kind(trained, capsys):
-    from nlp.evaluate import PROBE
+    from nlp.tuning import PROBE
 
     rows = [json.loads(line) for line in PROBE.read_text().splitlines()]
     kinds = {r["kind"] for r in rows}
-    assert len(rows) >= 40 and kinds == {"negation", "contrast"}
+    assert len(rows) >= 40 and kinds == {"negation", "contrast", "sarcasm"}
     assert len({r["text"] for r in rows}) == len(rows)
-    for k in kinds:
+    assert len([r for r in rows if r["kind"] == "sarcasm"]) >= 10  # praise of bad news: negative by nature
+    for k in ("negation", "contrast"):
         labels = [r["label"] for r in rows if r["kind"] == k]
         assert 0.4 <= sum(labels) / len(labels) <= 0.6
     assert main(["probe-sentiment", "--checkpoint", str(trained["sentiment"]), "--json"]) == 0
@@ -211,8 +212,8 @@ def test_probe_set_is_balanced_and_the_probe_command_reports_by_kind(trained, ca
 
 def test_the_plain_statement_probe_counts_a_neutral_verdict_as_right(trained, capsys):
     from nlp.checkpoint import load_checkpoint
-    from nlp.evaluate import PROBE
     from nlp.serve import classify
+    from nlp.tuning import PROBE
 
     path = PROBE.parent / "sentiment_neutral_probe.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -50,7 +50,7 @@ def test_chat_end_to_end(trained):
 
 
 def test_chat_eval_with_beam_search_scores_the_beam_replies(trained):
-    from nlp.decoding import beam_search
+    from nlp.beam import beam_search
     from nlp.tokenizer import EOS
 
     ck = load_checkpoint(trained["chat"])
@@ -361,14 +361,14 @@ def test_init_lr_scale_moves_the_copied_weights_slower(tmp_path, tokenizer, trai
     torch.testing.assert_close(after["encoder.weight_hh_l0"], lm.rnn.weight_hh_l0, rtol=0, atol=0)
     assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen.pretrained)  # they train
 
-    with pytest.raises(ValueError, match="init_lr_scale"):
-        Trainer(resolve_config([*argv, "--out", str(tmp_path / "c"), "--init-lr-scale", "-1"]))
+    with pytest.raises(ConfigError, match="init-lr-scale must be a number from 0"):  # 0 freezes the copied weights
+        resolve_config([*argv, "--out", str(tmp_path / "c"), "--init-lr-scale", "-1"])
 
 
 def test_a_second_ctrl_c_quits_at_once():
     import signal
 
-    from nlp.train import StopRequests
+    from nlp.runtime import StopRequests
 
     requests = StopRequests(announce=False)
     requests._on(signal.SIGINT, None)  # the first asks the loop to stop after the step in hand

@@ -1,10 +1,12 @@
 """Every page through streamlit.testing.v1.AppTest, on tiny checkpoints trained from the fixtures."""
 
 import hashlib
+import html
 import json
 import re
 import shutil
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,42 @@ def checkpoints(trained, tmp_path, monkeypatch):
 
 def page(name: str) -> AppTest:
     return AppTest.from_file(str(WEBAPP / name), default_timeout=120)
+
+
+class TableReader(HTMLParser):
+    """The rows of the HTML tables a page drew (webapp/charts.py), as lists of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell))
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def tables(at: AppTest) -> list[list[dict[str, str]]]:
+    """Each HTML table on the page as rows {column: text}."""
+    out = []
+    for m in at.markdown:
+        if m.value.startswith("<table>"):
+            reader = TableReader()
+            reader.feed(m.value)
+            head, *rows = reader.rows
+            out.append([dict(zip(head, row)) for row in rows])
+    return out
 
 
 def say(at: AppTest, text: str) -> AppTest:
@@ -161,7 +199,7 @@ def test_the_candidates_table_shows_the_overlap_the_ranking_weighs(checkpoints, 
     cands = at.session_state.chat[-1]["candidates"]
     assert all(0 <= c["overlap"] <= 1 + 1e-6 and c["score"] == pytest.approx(c["loglik"] + 5 * c["overlap"], abs=1e-4)
                for c in cands)
-    assert "overlap with the conversation" in at.dataframe[0].value.columns
+    assert "overlap with the conversation" in tables(at)[0][0]
 
 
 def serve_chat_folder(checkpoints: Path, tmp_path: Path, monkeypatch, chat: Path) -> Path:
@@ -195,8 +233,8 @@ def test_each_reply_says_where_it_came_from_and_generated_only_keeps_the_models_
     assert {c["source"] for c in reply["candidates"]} == {"retrieved"}  # the default: people's replies
     said = "A reply from the" if reply["candidates"][0]["match"] >= 5.5 else "No reply from the training"
     assert reply["source_line"].startswith(said) and any(said in c.value for c in at.caption)
-    table = at.dataframe[0].value
-    assert "BM25 match of its context" in table.columns and table["source"].str.startswith("a reply from").all()
+    table = tables(at)[0]
+    assert "BM25 match of its context" in table[0] and all(r["source"].startswith("a reply from") for r in table)
     at.toggle(key="chat-generated-only").set_value(True).run()
     say(at, "what do you do for fun?")
     reply = at.session_state.chat[-1]
@@ -238,8 +276,10 @@ def test_hostile_chat_input_gets_a_message_or_plain_text(checkpoints, text):
         assert at.warning and not at.session_state.chat
     else:
         assert len(at.session_state.chat) == 2
-        shown = at.chat_message[0].markdown[0].value
-        assert "<script>" not in shown and "![x](" not in shown and ":red[" not in shown
+        shown = at.chat_message[0].markdown[0].value  # one raw HTML block: Markdown never reads it
+        assert shown.startswith("<div") and shown.endswith("</div>") and "\n" not in shown
+        said = at.session_state.chat[0]["content"]  # the text, control characters removed
+        assert "<script>" not in shown and html.unescape(shown[shown.index(">") + 1:-6]) == said
         assert "\x00" not in at.session_state.chat[0]["content"]
 
 
@@ -349,7 +389,9 @@ def test_bad_uploads_get_a_clear_message(checkpoints, name, data, message):
     assert any(message in e.value for e in at.error)
 
 
-def test_the_download_keeps_every_uploaded_column_and_adds_the_predictions(checkpoints, monkeypatch):
+@pytest.fixture
+def downloads(monkeypatch) -> dict:
+    """What the page offers for download: {"csv": bytes} once its download button is drawn."""
     import streamlit
 
     got = {}
@@ -359,13 +401,17 @@ def test_the_download_keeps_every_uploaded_column_and_adds_the_predictions(check
         got["csv"] = data
         return real(label, data, *a, **kw)
     monkeypatch.setattr(streamlit, "download_button", keep)
+    return got
+
+
+def test_the_download_keeps_every_uploaded_column_and_adds_the_predictions(checkpoints, downloads):
     at = page("sentiment.py").run()
     csv = "id,text,stars\n1,great film,5\n2,awful film,1\n"
     at.file_uploader[0].upload("r.csv", csv.encode(), "text/csv").run()
     import io
 
     import pandas as pd
-    frame = pd.read_csv(io.BytesIO(got["csv"]))
+    frame = pd.read_csv(io.BytesIO(downloads["csv"]))
     assert list(frame.columns)[:3] == ["id", "text", "stars"]
     assert {"predicted_verdict", "predicted_label", "predicted_probability"} <= set(frame.columns)
     assert len(frame) == 2
@@ -378,10 +424,19 @@ def significant_digits(number: str) -> int:
 
 
 def test_models_page_shows_each_checkpoint(checkpoints):
+    own = checkpoints / "sentiment"  # a copy of the fixture's model, with the shipped one's 4 test results
+    trained = own.resolve()
+    own.unlink()
+    shutil.copytree(trained, own)
+    shutil.copy(WEBAPP.parent / "checkpoints/sentiment/metrics.json", own)
     at = page("model_cards.py").run()
     assert not at.exception
-    for table in at.dataframe:  # numbers as a reader wants them: no "None", no 0.000000000002
-        cells = [str(v) for v in table.value.to_numpy().ravel()]
+    shown = tables(at)
+    assert len(shown) == 4 and all(len(t) > 3 and len(t[0]) > 2 for t in shown)
+    assert [s.value for s in at.subheader][-4:] == [f"vader-{c}: test split" for c in ("movies", "tweets", "amazon",
+                                                                                          "nyt")]
+    for table in shown:  # numbers as a reader wants them: no "None", no 0.000000000002
+        cells = [v for row in table for k, v in row.items() if k != "measure"]
         assert "None" not in cells and "nan" not in cells
         assert all(re.fullmatch(r"-?\d{1,3}(,\d{3})*", c) or significant_digits(c) <= 4 for c in cells if c), cells
     assert not any("commit" in c.value for c in at.caption)
@@ -572,12 +627,12 @@ def test_generate_shows_readable_text_or_the_raw_tokens(checkpoints):
     at.text_input(key="generate-seed").set_value("1").run()
     at.text_area[0].input("In 1851 , the whale @-@ ship").run()
     at.button[0].click().run()
-    shown = [m.value.replace("\\", "") for m in at.markdown if "1851" in m.value][0]  # plain() escapes
-    assert shown.startswith("In 1851, the whale-ship")
+    shown = [html.unescape(m.value) for m in at.markdown if "1851" in m.value][0]
+    assert shown.startswith('<div style="white-space: pre-wrap">In 1851, the whale-ship')
     at.checkbox[1].check().run()  # Show the raw tokens
     at.button[0].click().run()
-    shown = [m.value.replace("\\", "") for m in at.markdown if "1851" in m.value][0]  # plain() escapes
-    assert shown.startswith("In 1851 , the whale @-@ ship")
+    shown = [html.unescape(m.value) for m in at.markdown if "1851" in m.value][0]
+    assert shown.startswith('<div style="white-space: pre-wrap">In 1851 , the whale @-@ ship')
 
 
 def test_the_page_icon_ships_with_the_app():
@@ -599,3 +654,97 @@ def test_the_served_app_hides_tracebacks_from_visitors():
     assert value == "none"
     config.set_option("client.showErrorDetails", value)  # a value this Streamlit accepts
     assert config.get_option("client.showErrorDetails") == "none"
+
+
+@pytest.mark.parametrize("text,warned", [("Я не люблю этот фильм, он скучный.", True),
+                                         ("Ce film est vraiment très mauvais et ennuyeux", True),
+                                         ("I didn't hate it.", False), ("Great movie", False)])
+def test_the_sentiment_page_says_when_a_text_does_not_look_english(checkpoints, text, warned):
+    at = analyse(page("sentiment.py").run(), text)
+    assert at.metric[0].value in ("positive", "negative", "neutral / mixed")  # the verdict is still given
+    assert any("does not look like English" in w.value for w in at.warning) == warned
+
+
+def test_the_file_verdicts_are_counted_in_their_own_colours_and_formulas_never_reach_the_download(
+        checkpoints, downloads):
+    at = page("sentiment.py").run()
+    csv = 'text,link\ngreat film,"=HYPERLINK(""http://evil.example"",""click"")"\nawful film,@x\n'
+    at.file_uploader[0].upload("r.csv", csv.encode(), "text/csv").run()
+    assert not at.exception
+    assert at.dataframe[0].value["text"].tolist() == ["great film", "awful film"]  # shown as uploaded
+    lines = downloads["csv"].decode().splitlines()
+    assert lines[1].startswith('great film,"\'=HYPERLINK(""http://evil.example"",""click"")"') and \
+        lines[2].startswith("awful film,'@x,")
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    layer = spec["layer"][0]
+    colours = dict(zip(layer["encoding"]["color"]["scale"]["domain"], layer["encoding"]["color"]["scale"]["range"]))
+    assert sum(r["texts"] for r in layer["data"]["values"]) == 2 and layer["encoding"]["y"]["axis"]["format"] == "d"
+    assert colours.get("positive", "#2e7d32") == "#2e7d32" and colours.get("negative", "#c62828") == "#c62828"
+
+
+def test_a_reply_cut_off_by_the_next_message_stays_as_it_was_shown(checkpoints):
+    """A message sent while the reply streams ends that run: the shown part stays (said to be cut off), and a
+    ranked reply whose details were still being added stays whole; neither is written again."""
+    at = page("chat.py").run()
+    for streamed in (True, False):
+        at.session_state.chat = [{"role": "user", "content": "hello there"},
+                                 {"role": "assistant", "content": "Hi, how are", "notes": [], "pending": True,
+                                  "streamed": streamed}]
+        at.run()
+        assert not at.exception
+        chat = at.session_state.chat
+        assert [m["content"] for m in chat] == ["hello there", "Hi, how are"] and "pending" not in chat[-1]
+        assert any("Cut off" in n for n in chat[-1]["notes"]) == streamed
+
+
+def test_the_pages_draw_without_pandas_or_altair(checkpoints):
+    """Chat (its reply, candidates and attention), Generate, Sentiment on one text, and Models draw with Vega-Lite
+    specs and HTML tables: pandas, pyarrow and altair cost the server about 90 MB, loaded only for a file's
+    results."""
+    script = f"""
+import sys
+sys.path[:0] = {[str(WEBAPP), str(WEBAPP.parent)]!r}
+from streamlit.testing.v1 import AppTest
+def page(name):
+    return AppTest.from_file({str(WEBAPP)!r} + "/" + name, default_timeout=120)
+at = page("chat.py").run()
+at.chat_input[0].set_value("do you like cooking?").run()
+assert at.session_state.chat[-1]["attention"] and at.get("vega_lite_chart"), "no attention chart"
+page("generate.py").run().button[0].click().run()
+at = page("sentiment.py").run()
+at.button[0].click().run()
+assert at.metric, "no verdict"
+assert page("model_cards.py").run().get("vega_lite_chart"), "no curves"
+print(sorted(m for m in ("pandas", "pyarrow", "altair") if m in sys.modules))
+"""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_models_charts_read_from_zero_and_keep_their_legends_whole(checkpoints):
+    at = page("model_cards.py").run()
+    specs = [json.loads(c.proto.spec)["layer"][0] for c in at.get("vega_lite_chart")]
+    assert specs and all(s["encoding"]["y"]["scale"]["zero"] for s in specs)
+    assert all(s["encoding"]["color"]["legend"]["labelLimit"] == 0 for s in specs if "color" in s["encoding"])
+
+
+def test_a_small_host_can_serve_only_some_models(checkpoints, monkeypatch):
+    """NLP_MODELS=chat: only the Chat page and the Models page (with the chat model alone) are served, and the
+    other models are never loaded; a wrong name is said on the page."""
+    import ui
+
+    monkeypatch.setenv("NLP_MODELS", "chat")
+    loaded = []
+    real = ui.load_cached
+    monkeypatch.setattr(ui, "load_cached", lambda path, task: loaded.append(task) or real(path, task))
+    at = AppTest.from_file(str(WEBAPP / "app.py"), default_timeout=120).run()
+    assert not at.exception and at.title[0].value == "Chat"
+    cards = page("model_cards.py").run()
+    assert [h.value for h in cards.header] == ["Chat (encoder-decoder with attention)"]
+    assert set(loaded) == {"chat"}
+    monkeypatch.setenv("NLP_MODELS", "chat,vision")
+    at = AppTest.from_file(str(WEBAPP / "app.py"), default_timeout=120).run()
+    assert "vision" in at.error[0].value and "chat, lm, sentiment" in at.error[0].value and not at.title

@@ -22,10 +22,10 @@ WEBAPP = Path(__file__).resolve().parent
 
 
 def preload(others_after: float = 30.0) -> None:
-    """The chat model first (Chat is the page a visitor sees first), then its reply index in a thread of its own.
-    The rest (the other two models, and altair and pandas, which the Chat page draws with) waits for the first
-    chat reply or `others_after` seconds, whichever comes first: loaded at once they held the GIL while the
-    first visitor's page and reply ran."""
+    """The served models (ui.served_tasks): the chat model first (Chat is the page a visitor sees first), then
+    its reply index in a thread of its own. The other two wait for the first chat reply or `others_after`
+    seconds, whichever comes first: loaded at once they held the GIL while the first visitor's page and reply
+    ran."""
     sys.path[:0] = [str(WEBAPP), str(WEBAPP.parent)]  # as app.py arranges for its pages
     import ui
 
@@ -38,19 +38,22 @@ def preload(others_after: float = 30.0) -> None:
     # While torch imports and the chat model loads, the server's thread serves the page to the first visitor:
     # each time it comes back from a socket it waits for the GIL, up to the switch interval (5 ms) of a thread
     # that holds it; 0.5 ms meanwhile
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, 0.0005))
     try:
-        load("chat")
-        ui.index_loader(str(ui.checkpoints_dir() / "chat"))  # its own thread: the chat answers meanwhile
-    finally:
-        sys.setswitchinterval(interval)
-    ui.FIRST_REPLY.wait(others_after)
-    import altair  # noqa: F401 - what the Chat page imports to draw (about 0.5 s)
-    import pandas  # noqa: F401
-
+        served = ui.served_tasks()
+    except ValueError:
+        return  # the page says what is wrong with the setting
+    if "chat" in served:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0005))
+        try:
+            load("chat")
+            ui.index_loader(str(ui.checkpoints_dir() / "chat"))  # its own thread: the chat answers meanwhile
+        finally:
+            sys.setswitchinterval(interval)
+        ui.FIRST_REPLY.wait(others_after)
     for task in ("lm", "sentiment"):  # a page opened before then loads its model itself, once
-        load(task)
+        if task in served:
+            load(task)
 
 
 def preload_once_serving(limit: float = 10.0) -> None:

@@ -19,10 +19,16 @@ lean_memory()  # what `python -m webapp` sets first, for hosts that run this fil
 ICON = Path(__file__).resolve().parent / "static" / "icon.png"
 st.set_page_config(page_title="Recurrent chat, generation & sentiment", page_icon=str(ICON), layout="wide")
 
-pages = [
-    st.Page("chat.py", title="Chat", icon=":material/chat:", default=True),
-    st.Page("generate.py", title="Generate", icon=":material/edit_note:"),
-    st.Page("sentiment.py", title="Sentiment", icon=":material/mood:"),
-    st.Page("model_cards.py", title="Models", icon=":material/info:"),
-]
+from ui import PAGE_TASKS, served_tasks  # noqa: E402
+
+try:
+    served = served_tasks()
+except ValueError as e:  # a host's setting: said on the page, and nothing else is served
+    st.error(str(e))
+    st.stop()
+PAGES = {"chat": ("Chat", ":material/chat:"), "generate": ("Generate", ":material/edit_note:"),
+         "sentiment": ("Sentiment", ":material/mood:")}
+shown = [name for name in PAGES if PAGE_TASKS[name] in served]
+pages = [st.Page(f"{name}.py", title=PAGES[name][0], icon=PAGES[name][1], default=name == shown[0]) for name in shown]
+pages.append(st.Page("model_cards.py", title="Models", icon=":material/info:"))
 st.navigation(pages).run()

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+import charts
 from ui import (
     FIRST_REPLY,
     MAX_CHAT_MESSAGES,
@@ -9,8 +10,8 @@ from ui import (
     decoding_controls,
     index_loader,
     model_or_stop,
-    plain,
     settings_notice,
+    show_plain,
 )
 
 st.title("Chat")
@@ -43,18 +44,12 @@ if st.sidebar.button("New chat", type="primary", width="stretch") or "chat" not 
     st.session_state.pop("chat-dropped-said", None)
 
 
-def attention_chart(reply: dict):
-    import altair as alt  # here, not at the top: the first reply's text shows before these load (cold start)
-    import pandas as pd
-
+def attention_chart(reply: dict) -> dict:
     rows = [{"reply token": f"{i:02d} {r}", "context token": f"{j:03d} {c}", "weight": w}
             for i, (r, row) in enumerate(zip(reply["reply_tokens"], reply["attention"]))
             for j, (c, w) in enumerate(zip(reply["context_tokens"], row))]
-    return alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
-        x=alt.X("context token:N", sort=None, title="context (what the model read)"),
-        y=alt.Y("reply token:N", sort=None, title="reply (what it wrote)"),
-        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues")),
-        tooltip=["reply token", "context token", alt.Tooltip("weight:Q", format=".3f")])
+    return charts.heatmap(rows, "context token", "reply token", "weight",
+                          "context (what the model read)", "reply (what it wrote)")
 
 
 SOURCE_NAMES = {"chitchat": "Chit-Chat", "cornell": "Cornell Movie-Dialogs"}
@@ -72,15 +67,13 @@ def source_of(c: dict) -> str:
 
 def candidates_table(message: dict):
     """The candidates with their scores and sources, the shown reply first."""
-    import pandas as pd
-
     columns = {"match": "BM25 match of its context", "loglik": "mean log p(reply | context)",
                "head": "next-reply head", "prior": "mean log p(reply)", "overlap": "overlap with the conversation"}
     rows = [{"reply": c["text"], "source": source_of(c), "score": round(c["score"], 3),
              **{label: round(c[k], 3) for k, label in columns.items() if c.get(k) is not None}}
             for c in message["candidates"]]
     with st.expander(f"Candidates ({len(rows)}, best first)"):
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        charts.show_table(rows)
         if ck.ranker is not None:
             st.caption("Candidates: replies people gave in the training dialogues to the contexts most like your "
                        "message (BM25 match; one is shown only when its match is at least 5.5), or the replies "
@@ -97,12 +90,12 @@ def details(message: dict):
         candidates_table(message)
     if message.get("attention"):
         with st.expander("Attention map"):
-            st.altair_chart(attention_chart(message), width="stretch")
+            charts.show(attention_chart(message))
 
 
 def show(message: dict):
     with st.chat_message(message["role"]):
-        st.markdown(plain(message["content"]))
+        show_plain(st, message["content"])
         if message.get("source_line"):
             st.caption(message["source_line"])
         for note in message.get("notes", []):
@@ -120,8 +113,15 @@ INDEX_NOTES = {
 
 
 def respond() -> None:
-    """Reply to the last message of the chat (a user's), streaming it in, and add the reply to the chat."""
+    """Reply to the last message of the chat (a user's), streaming it in, and add the reply to the chat.
+
+    The reply goes into the chat as soon as its first text is shown, and grows there: a message sent while it is
+    still streaming, or while its candidates and attention are being added, reruns this script and ends this
+    run, and the reply the person saw stays as they saw it (a cut-off one says so) instead of being written
+    again."""
     chat = st.session_state.chat
+    streamed = cfg.strategy == "sample" and cfg.num_candidates == 1  # token by token; otherwise whole at once
+    message = {"role": "assistant", "content": "", "notes": [], "pending": True, "streamed": streamed}
     with st.chat_message("assistant"):
         try:
             source = "generated" if generated_only else DEFAULT_SOURCE
@@ -131,12 +131,17 @@ def respond() -> None:
                                index=loader.index)
             # Streamed by hand, as st.write_stream does it: that checks whether its argument is a dataframe first,
             # and the check imports pandas (0.4 s), which the process's first reply would wait for
-            shown, text = st.empty(), ""
+            shown, added = st.empty(), False
             for piece in reply.stream:
-                text += plain(piece)
-                shown.markdown(text)
+                if not added:
+                    chat.append(message)
+                    added = True
+                message["content"] += piece
+                show_plain(shown, message["content"])
             FIRST_REPLY.set()
         except GenerationError as e:
+            if chat and chat[-1] is message:
+                chat.pop()
             chat.pop()  # the message gets no reply: take it back, so the chat still alternates
             st.error(str(e))
             st.stop()
@@ -152,17 +157,22 @@ def respond() -> None:
                          "conversation (the length it was trained on); older turns are not sent.")
             st.session_state["chat-dropped-said"] = True
         if reply.tokens_dropped:
-            notes.append(f"The oldest {reply.tokens_dropped} token(s) of that context were cut to fit the "
-                         f"model's {len(reply.context_tokens)}-token input.")
+            notes.append(f"The model read {len(reply.context_tokens)} tokens, its input's limit: the first "
+                         f"{reply.tokens_dropped} token(s) of the last {reply.turns_used} turn(s) were left out.")
         if not reply.text.strip():
             notes.append("The model produced an empty reply; try sampling or a higher temperature.")
+        if cfg.strategy == "beam":
+            notes.append("Beam search writes one reply, so there are no candidates to show; its attention map "
+                         "is drawn for replies written token by token (sampling).")
         for note in notes:
             st.caption(note)
-        message = {"role": "assistant", "content": reply.text, "notes": notes, "source_line": source_line,
-                   "context_tokens": reply.context_tokens, "reply_tokens": reply.reply_tokens,
-                   "attention": reply.attention, "candidates": reply.candidates}
+        message.update({"notes": notes, "source_line": source_line, "context_tokens": reply.context_tokens,
+                        "reply_tokens": reply.reply_tokens, "attention": reply.attention,
+                        "candidates": reply.candidates})
+        if chat[-1] is not message:  # an empty reply streams no piece
+            chat.append(message)
+        del message["pending"]
         details(message)
-    chat.append(message)
     if len(chat) > MAX_CHAT_MESSAGES:  # whole exchanges leave from the top, so the chat still starts with the user
         extra = len(chat) - MAX_CHAT_MESSAGES
         extra += extra % 2
@@ -171,9 +181,18 @@ def respond() -> None:
         st.rerun()  # show the shortened chat and say why
 
 
+def settle_cut_off(chat: list[dict]) -> None:
+    """A reply whose run was ended by the next message: kept as it was shown, said to be cut off when the
+    stream had not finished (a ranked reply's text is whole once shown; only its details were left)."""
+    last = chat[-1] if chat else None
+    if last is not None and last.pop("pending", False) and last.get("streamed"):
+        last["notes"] = [*last.get("notes", []), "Cut off: a new message came before this reply was finished."]
+
+
 if st.session_state.get("chat-removed"):
     st.caption(f"The {st.session_state['chat-removed']} oldest messages were removed from this page (it keeps the "
                f"last {MAX_CHAT_MESSAGES}); the model only ever reads the last {turns} turns.")
+settle_cut_off(st.session_state.chat)
 for message in st.session_state.chat:
     show(message)
 

@@ -10,8 +10,8 @@ from ui import (
     MAX_SAMPLES,
     decoding_controls,
     model_or_stop,
-    plain,
     settings_notice,
+    show_plain,
 )
 
 st.title("Generate")
@@ -47,8 +47,8 @@ if st.button("Generate", type="primary"):
         gen = continue_text(ck, text, cfg, make_generator(None if seed is None else seed + n))
         with st.container(border=True):
             box = st.empty()  # the continuation streams in right after the prompt, in one text
-            box.markdown(plain(text if raw else detokenize_wikitext(text)))
+            show_plain(box, text if raw else detokenize_wikitext(text))
             for _ in gen.stream:
-                box.markdown(plain(text + gen.text if raw else detokenize_wikitext(text + gen.text)))
+                show_plain(box, text + gen.text if raw else detokenize_wikitext(text + gen.text))
         st.caption(f"{gen.tokens} tokens in {gen.seconds:.2f} s ({gen.tokens_per_second:.1f} tokens/s)"
                    + ("" if gen.text.strip() else " - the continuation is only whitespace"))

@@ -1,14 +1,14 @@
 """Sentiment of a sentence or a whole file, with the classifier's attention over the tokens."""
 
 import html
-import io
 
-import altair as alt
-import pandas as pd
 import streamlit as st
 
+import charts
+from nlp.english import not_english
 from nlp.serve import NEUTRAL, NeutralRule, classify, strip_control
-from ui import MAX_SENTENCE_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, model_or_stop, plain
+from ui import MAX_SENTENCE_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, model_or_stop
+from uploads import UploadError, csv_bytes, read_rows
 
 LABELS = {0: "negative", 1: "positive"}
 
@@ -52,6 +52,9 @@ with single:
             if removed:
                 st.caption(f"{removed} control character(s) were removed.")
             r = classify(ck, [clean])[0]
+            if why := not_english(clean):
+                st.warning(f"This text does not look like English ({why}). The classifier was trained on English "
+                           "only, so its verdict on other languages means little.")
             c1, c2, c3 = st.columns(3)
             c1.metric("Verdict", r["verdict"],
                       help=(f"leans {LABELS[r['label']]}" + ("" if r["opinion"] else "; no opinion word")
@@ -70,56 +73,41 @@ with batch:
     upload = st.file_uploader("File", type=["csv", "txt"])
     if upload is not None:
         data = upload.getvalue()
-        frame = None
+        table = None
         if len(data) > MAX_UPLOAD_BYTES:
             st.error(f"The file has {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}.")
         elif b"\x00" in data:
             st.error("The file looks binary (it contains NUL bytes); upload a UTF-8 CSV or text file.")
         else:
             try:
-                body = data.decode("utf-8-sig")
+                table = read_rows(upload.name, data.decode("utf-8-sig"), MAX_UPLOAD_ROWS)
             except UnicodeDecodeError:
                 st.error("The file is not UTF-8 text.")
-                body = None
-            if body is not None:
-                if upload.name.lower().endswith(".csv"):
-                    try:
-                        frame = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
-                    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                        st.error(f"The CSV could not be read: {str(e).splitlines()[0]}")
-                else:
-                    frame = pd.DataFrame({"text": [line for line in body.splitlines() if line.strip()]})
-        if frame is not None:
-            if frame.empty or not len(frame.columns):
-                st.error("The file has no rows.")
-            elif len(frame) > MAX_UPLOAD_ROWS:
-                st.error(f"The file has {len(frame):,} rows; the limit is {MAX_UPLOAD_ROWS:,}.")
-            else:
-                columns = list(frame.columns)
-                guess = columns.index("text") if "text" in columns else (0 if len(columns) == 1 else None)
-                column = st.selectbox("Text column", columns, index=guess, placeholder="Choose the column to score",
-                                      help="the column that holds the texts; the others are kept in the download")
-                if column is None:  # no column named "text": never guess (an id column would be scored)
-                    st.info(f"The file has no column named 'text'. Choose which of its {len(columns)} columns "
-                            "holds the texts to score.")
-                    st.stop()
-                texts = [strip_control(str(t))[0][:MAX_SENTENCE_CHARS] for t in frame[column]]
-                results = classify(ck, texts)
-                predicted = {"verdict": [r["verdict"] for r in results],
-                             "label": [LABELS[r["label"]] for r in results],
-                             "probability": [round(r["probability"], 4) for r in results]}
-                if results and "rating" in results[0]:
-                    predicted["rating"] = [round(r["rating"], 3) for r in results]
-                out = pd.DataFrame({"text": frame[column], **predicted})
-                st.dataframe(out, width="stretch", hide_index=True)
-                counts = out["verdict"].value_counts().rename_axis("verdict").reset_index(name="count")
-                st.altair_chart(alt.Chart(counts).mark_bar().encode(x="verdict:N", y="count:Q", color="verdict:N"),
-                                width="stretch")
-                download = frame.copy()  # every uploaded column, then the predictions
-                for name, values in predicted.items():
-                    download[f"predicted_{name}"] = values
-                st.download_button("Download the file with predictions (CSV)", download.to_csv(index=False).encode(),
-                                   file_name="sentiment_predictions.csv", mime="text/csv")
-                if any(len(str(t)) > MAX_SENTENCE_CHARS for t in frame[column]):
-                    st.caption(plain(f"Texts longer than {MAX_SENTENCE_CHARS:,} characters were read up to "
-                                     "that length."))
+            except UploadError as e:
+                st.error(str(e))
+        if table is not None:
+            columns, rows = table
+            guess = columns.index("text") if "text" in columns else (0 if len(columns) == 1 else None)
+            column = st.selectbox("Text column", columns, index=guess, placeholder="Choose the column to score",
+                                  help="the column that holds the texts; the others are kept in the download")
+            if column is None:  # no column named "text": never guess (an id column would be scored)
+                st.info(f"The file has no column named 'text'. Choose which of its {len(columns)} columns "
+                        "holds the texts to score.")
+                st.stop()
+            texts = [strip_control(row[column])[0][:MAX_SENTENCE_CHARS] for row in rows]
+            results = classify(ck, texts)
+            predicted = [{"verdict": r["verdict"], "label": LABELS[r["label"]],
+                          "probability": round(r["probability"], 4),
+                          **({"rating": round(r["rating"], 3)} if "rating" in r else {})} for r in results]
+            # sortable and scrolling for thousands of rows: st.dataframe (which loads pandas, on this path only)
+            st.dataframe([{"text": row[column], **p} for row, p in zip(rows, predicted)], width="stretch",
+                         hide_index=True)
+            charts.show(charts.verdict_bars([p["verdict"] for p in predicted]))
+            extra = [f"predicted_{name}" for name in predicted[0]]
+            download = [{**row, **{f"predicted_{k}": v for k, v in p.items()}} for row, p in zip(rows, predicted)]
+            st.download_button("Download the file with predictions (CSV)", csv_bytes(columns + extra, download),
+                               file_name="sentiment_predictions.csv", mime="text/csv",
+                               help="every column of your file, then the predictions; a cell that starts like a "
+                                    "spreadsheet formula (= + - @) gets a leading ' so that it is never run")
+            if any(len(row[column]) > MAX_SENTENCE_CHARS for row in rows):
+                st.caption(f"Texts longer than {MAX_SENTENCE_CHARS:,} characters were read up to that length.")

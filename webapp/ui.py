@@ -7,8 +7,8 @@ it import it when called, so the Chat page draws its box before torch has loaded
 
 from __future__ import annotations
 
+import html
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +28,25 @@ if TYPE_CHECKING:
 def checkpoints_dir() -> Path:
     """The shipped checkpoints, or $NLP_CHECKPOINTS (read on each call, so tests and hosts can point elsewhere)."""
     return Path(os.environ.get("NLP_CHECKPOINTS") or ROOT / "checkpoints")
+
+
+TASKS = ("chat", "lm", "sentiment")
+PAGE_TASKS = {"chat": "chat", "generate": "lm", "sentiment": "sentiment"}  # the pages that each serve one model
+
+
+def served_tasks() -> tuple[str, ...]:
+    """The models this server serves: all three, or those $NLP_MODELS names (comma-separated: chat, lm,
+    sentiment), for hosts with little memory. Each model's page is shown only if its model is served, and
+    only served models are loaded. An unknown name is an error that says which names there are."""
+    named = os.environ.get("NLP_MODELS", "").strip()
+    if not named:
+        return TASKS
+    tasks = [t.strip() for t in named.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"NLP_MODELS={named!r}: name some of {', '.join(TASKS)} (comma-separated), not "
+                         f"{', '.join(unknown) or 'nothing'}")
+    return tuple(t for t in TASKS if t in tasks)
 
 
 # Set once this process has answered a chat message: `python -m webapp` loads the other models after it, so
@@ -119,13 +138,18 @@ def model_or_stop(task: str) -> Checkpoint:
         st.stop()
 
 
-_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
-
-
 def plain(text: str) -> str:
-    """Text that Streamlit's Markdown shows exactly as written: every ASCII punctuation mark is escaped
-    (CommonMark allows that for all of them), so no link, image, HTML, emoji code or formula is rendered."""
-    return _PUNCT.sub(r"\\\1", text).replace("\n", "  \n")
+    """HTML that shows `text` exactly as written, for st.markdown(..., unsafe_allow_html=True): one raw HTML
+    block (a <div> on a single line, newlines as &#10; kept by white-space: pre-wrap), so Markdown never reads
+    it and no link (not even a bare www.example.com), image, emoji code or formula is rendered; every character
+    that HTML reads is escaped."""
+    return ('<div style="white-space: pre-wrap">'
+            + html.escape(text).replace("\r", "").replace("\n", "&#10;") + "</div>")
+
+
+def show_plain(where, text: str) -> None:
+    """`text` shown as written in `where` (st, a column, a placeholder from st.empty())."""
+    where.markdown(plain(text), unsafe_allow_html=True)
 
 
 def decoding_controls(key: str, ck: Checkpoint) -> tuple[GenerationConfig, int | None]:
@@ -182,7 +206,10 @@ def decoding_controls(key: str, ck: Checkpoint) -> tuple[GenerationConfig, int |
 SETTINGS = [("strategy", "strategy"), ("num_candidates", "candidates"), ("temperature", "temperature"),
             ("top_k", "top-k"), ("top_p", "top-p"), ("min_p", "min-p"), ("repetition_penalty", "repetition penalty"),
             ("no_repeat_ngram_size", "no-repeat n-gram"), ("num_beams", "beams"), ("max_new_tokens", "max new tokens")]
-WIDGETS = ["strategy", "candidates", "temperature", "top-k", "top-p", "min-p", "rep", "ngram", "beams", "max", "seed"]
+# each setting's control (its key after the page's prefix)
+WIDGET_OF = {"strategy": "strategy", "candidates": "candidates", "temperature": "temperature", "top-k": "top-k",
+             "top-p": "top-p", "min-p": "min-p", "repetition penalty": "rep", "no-repeat n-gram": "ngram",
+             "beams": "beams", "max new tokens": "max"}
 
 
 def non_default_settings(key: str, ck: Checkpoint, cfg: GenerationConfig) -> list[str]:
@@ -207,12 +234,16 @@ def settings_notice(key: str, ck: Checkpoint, cfg: GenerationConfig) -> None:
     if changed:
         c1, c2 = st.columns([4, 1])
         c1.caption("Decoding differs from the defaults: " + ", ".join(changed))
-        if c2.button("Reset to defaults", key=f"{key}-reset"):
-            reset_decoding(key)
+        c2.button("Reset to defaults", key=f"{key}-reset", on_click=reset_decoding, args=(key, ck))
 
 
-def reset_decoding(key: str) -> None:
-    """Put every decoding control of a page back to its default, and show the page again."""
-    for w in WIDGETS:
-        st.session_state.pop(f"{key}-{w}", None)
-    st.rerun()
+def reset_decoding(key: str, ck: Checkpoint) -> None:
+    """Put every decoding control of a page back to the checkpoint's default (a button's callback, run before
+    the page's next run draws the controls). Each control's value is set, not removed: a control whose value is
+    removed from the session takes back the value the browser still shows."""
+    from nlp.serve import default_decoding
+
+    d = default_decoding(ck)
+    for field, label in SETTINGS:
+        st.session_state[f"{key}-{WIDGET_OF[label]}"] = getattr(d, field)
+    st.session_state[f"{key}-seed"] = ""
