@@ -147,7 +147,8 @@ def respond() -> None:
             st.stop()
         source_line = ""
         if cfg.strategy == "sample" and cfg.num_candidates > 1:
-            source_line = source_of({"source": reply.source, "corpus": reply.corpus}).capitalize() + "."
+            said = source_of({"source": reply.source, "corpus": reply.corpus})
+            source_line = said[:1].upper() + said[1:] + "."  # the corpus's name keeps its capitals
             st.caption(source_line)
         notes = []
         if not generated_only and loader.status() != "ready":
