@@ -112,7 +112,7 @@ class Checkpoint:
 
 def rebuild_hint(path: Path) -> str:
     recipe = f"configs/{path.name}.toml" if path.name in ("lm", "chat", "sentiment") else "configs/<task>.toml"
-    return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (README: Training)"
+    return f"rebuild it with `python -m nlp train --config {recipe} --out {path}` (docs/training.md)"
 
 
 def train_log_file(path: str | Path) -> Path:

@@ -13,7 +13,7 @@
               given an empty context (a lone <sep>), which it learns when trained with empty_context_rate > 0.
   s_overlap   what the reply shares with the context, word for word (`Overlap`): the model alone ranks the true
               reply first among 20 less often than plain TF-IDF does, and the two disagree enough that together
-              they beat both (README: Chat model).
+              they beat both (docs/chat.md: Chat model).
 The weights are chosen on validation (`python -m nlp tune-chat`) and stored in the checkpoint's config.json
 under "decoding", beside the number of sampled candidates.
 """

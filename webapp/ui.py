@@ -54,7 +54,7 @@ def served_tasks() -> tuple[str, ...]:
 FIRST_REPLY = threading.Event()
 
 
-# the commands that rebuild each shipped checkpoint (the README's Training section has the details)
+# the commands that rebuild each shipped checkpoint (docs/training.md has the details)
 RECIPES = {"lm": "python -m nlp train --config configs/lm.toml",
            "chat": "python -m nlp train --config configs/chat.toml\n"
                    "python -m nlp train --config configs/chat-whole.toml\n"
