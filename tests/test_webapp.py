@@ -765,3 +765,17 @@ def test_the_page_says_plainly_what_the_model_read_and_why_beam_search_shows_no_
     notes = at.session_state.chat[-1]["notes"]
     assert any(n.startswith("Beam search writes one reply, so there are no candidates") for n in notes), notes
     assert not at.session_state.chat[-1]["candidates"]
+
+
+def test_a_validation_curve_of_one_point_is_said_to_be_one(checkpoints):
+    """A run that evaluated once (one epoch) draws its validation loss as a single point: the caption says so."""
+    own = checkpoints / "sentiment"
+    trained = own.resolve()
+    own.unlink()
+    shutil.copytree(trained, own)
+    lines = [json.dumps({"step": s, "train_loss": 0.7 - s / 100}) for s in (10, 20, 30)]
+    (own / "train_log.jsonl").write_text("\n".join([*lines, json.dumps({"step": 30, "val_loss": 0.6})]) + "\n")
+    at = page("model_cards.py").run()
+    said = [c.value for c in at.caption if c.value.startswith("Train loss:")]
+    assert any("measured once in this run, so it is a single point" in c for c in said), said
+    assert sum("single point" in c for c in said) == 1  # the other models evaluated more than once

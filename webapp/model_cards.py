@@ -87,7 +87,9 @@ for task in served_tasks():  # app.py has checked the setting
                    + (f", label smoothing {smoothing:g} added" if is_number(smoothing) and smoothing else "")
                    + "); val loss: the validation split in evaluation mode, so train loss can sit above it. "
                    "Stages that train with another objective (a ranking term) log a train loss that holds it "
-                   "too." + in_stages)
+                   "too." + in_stages
+                   + (" The validation loss was measured once in this run, so it is a single point."
+                      if sum(r["curve"] == "val loss" for r in rows) == 1 else ""))
     words = curve(log, {"val_word_perplexity": "validation"}, "curve")
     if words:
         charts.show(charts.lines(words, "word perplexity"))
