@@ -105,6 +105,19 @@ def wait_until_idle(pid: int, quiet: float = 0.05, every: float = 0.5, limit: fl
         time.sleep(10)
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, start: float, limit: float = 120.0) -> None:
+    """Poll the server's health check every 20 ms until it answers "ok"; an error if the process ends or
+    `limit` seconds pass since `start` (a perf_counter time)."""
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.02)
+        if proc.poll() is not None or time.perf_counter() - start > limit:
+            raise RuntimeError(f"the app at {url} did not start")
+
+
 def first_reply(root: Path, checkpoints: Path, browser, bare: bool = False) -> dict[str, float]:
     """Seconds from spawning the Procfile command (`bare`: bench/bare_chat.py's) to: health check ok, chat box
     shown, reply shown, page idle."""
@@ -118,14 +131,7 @@ def first_reply(root: Path, checkpoints: Path, browser, bare: bool = False) -> d
     proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.02)
-            if proc.poll() is not None or time.perf_counter() - start > 120:
-                raise RuntimeError(f"the app in {root} did not start")
+        wait_healthy(proc, url, start)
         marks["server healthy"] = time.perf_counter() - start
         marks["chat box shown"] = send_first_message(page, url) - start
         marks["reply shown"] = time.perf_counter() - start

@@ -15,12 +15,11 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from cold_start import free_port, procfile_command  # noqa: E402
+from cold_start import free_port, procfile_command, wait_healthy  # noqa: E402
 from common import machine, save  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -67,12 +66,7 @@ def measure(browser, served: str) -> dict[str, float]:
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_healthy(proc, url, time.perf_counter())
         page = browser.new_page()
         page.set_default_timeout(120_000)
         use_every_page(page, url, served)

@@ -10,6 +10,7 @@ sortable) still use st.dataframe, so pandas loads when someone analyses a file.
 """
 
 import html
+from collections import Counter
 
 import streamlit as st
 
@@ -41,10 +42,9 @@ def lines(rows: list[dict], y_title: str, colour: str | None = None, zero: bool 
 
 def verdict_bars(verdicts: list[str]) -> dict:
     """How many texts got each verdict: whole-number counts, each verdict in its fixed colour."""
-    counts = {v: verdicts.count(v) for v in VERDICT_COLOURS if v in verdicts}
-    counts.update({v: verdicts.count(v) for v in verdicts if v not in counts})
-    rows = [{"verdict": v, "texts": n} for v, n in counts.items()]
-    domain = list(counts)
+    counts = Counter(verdicts)
+    domain = sorted(counts, key=lambda v: list(VERDICT_COLOURS).index(v) if v in VERDICT_COLOURS else len(counts))
+    rows = [{"verdict": v, "texts": counts[v]} for v in domain]
     return chart(rows, "bar", {
         "x": {"field": "verdict", "type": "nominal", "sort": domain, "axis": {"labelAngle": 0}},
         "y": {"field": "texts", "type": "quantitative", "title": "texts", "axis": {"tickMinStep": 1, "format": "d"}},
