@@ -55,14 +55,14 @@ PROMPT = "The history of the city begins in the"
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of the weights one batch-1 step multiplies: the recurrent stack and the output layer."""
-    tensors = list(model.rnn.parameters()) + list(model.decoder.parameters())
+    tensors = list(model.rnn.parameters()) + list(model.out.parameters())
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def half_bytes_per_token(model) -> int:
     """Bytes a step reads from the bfloat16 copies of `half_step_weights` (0 when the model has none)."""
     packed = [w for w, _ in getattr(model.rnn, "step_weights", [])]
-    out = getattr(model.decoder, "step_weight", None)
+    out = getattr(model.out, "step_weight", None)
     return sum(t.numel() * t.element_size() for t in packed + ([out] if out is not None else []))
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     m32 = open_checkpoint(a.checkpoint, "lm", half_steps=False).model
     saved = load_checkpoint(a.checkpoint).model
     output_only = load_checkpoint(a.checkpoint).model
-    output_only.decoder.weight.data = output_only.decoder.weight.data.t().contiguous().t()
+    output_only.out.weight.data = output_only.out.weight.data.t().contiguous().t()
     cfg = dataclasses.replace(with_bans(ck, default_decoding(ck)), max_new_tokens=a.tokens,
                               min_new_tokens=a.tokens, stop_at_eos=False)
     prompt = ck.tokenizer.encode(PROMPT)
@@ -146,7 +146,7 @@ def main() -> None:
         state = (start["h"].transpose(0, 1).contiguous(), start["c"].transpose(0, 1).contiguous())
         for _ in range(a.tokens):
             out, state = saved.rnn(saved.embed(tok).unsqueeze(1), state)
-            F.log_softmax(saved.decoder(out[:, -1]), -1)
+            F.log_softmax(saved.out(out[:, -1]), -1)
 
     src = torch.ones(512 * 2**20 // 4)
     dst = torch.empty_like(src)

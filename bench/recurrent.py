@@ -40,7 +40,7 @@ def bench_decode_step(tokens: int = 50, repeats: int = 5) -> dict:
         state = (start["h"].transpose(0, 1).contiguous(), start["c"].transpose(0, 1).contiguous())
         for _ in range(tokens):
             out, state = m.rnn(m.embed(tok).unsqueeze(1), state)
-            F.log_softmax(m.decoder(out[:, -1]), -1)
+            F.log_softmax(m.out(out[:, -1]), -1)
 
     a, b = median_ms(ours, repeats) / tokens, median_ms(fused_per_token, repeats) / tokens
     return {"what": "batch-1 generation step, 2x512 LSTM, vocab 8000", "ms_per_token": {

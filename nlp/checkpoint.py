@@ -224,6 +224,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     except Exception as e:  # safetensors raises its own error and others on a damaged header
         raise CheckpointError(f"{path / WEIGHTS} is not a readable safetensors file ({e}): {rebuild_hint(path)}") \
             from None
+    tensors = {_current_name(model, k): v for k, v in tensors.items()}
     expected = model.state_dict()
     tied = set(expected) - set(unique_state(model))
     missing = set(expected) - set(tensors) - tied
@@ -243,6 +244,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", impl: 
     model.to(device).eval()
     problems: list[str] = []
     return Checkpoint(path, config["task"], model, tokenizer, config, read_metrics(path, problems), problems)
+
+
+def _current_name(model, key: str) -> str:
+    """A weight's name in this version of the model, for checkpoints saved under a former one
+    (the model's `former_names`: {old prefix: new prefix})."""
+    old = next((o for o in getattr(model, "former_names", {}) if key.startswith(o)), None)
+    return model.former_names[old] + key[len(old):] if old else key
 
 
 def read_metrics(path: Path, problems: list[str]) -> dict | None:

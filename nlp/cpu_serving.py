@@ -73,7 +73,7 @@ def half_step_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> 
                  (getattr(module, f"bias_ih_l{k}") + getattr(module, f"bias_hh_l{k}")).detach().float())
                 for k in range(module.num_layers)]
     if getattr(model, "task", None) == "lm" and not hasattr(model, "adaptive"):
-        model.decoder.step_weight = model.decoder.weight.detach().to(dtype).contiguous()
+        model.out.step_weight = model.out.weight.detach().to(dtype).contiguous()
     return model
 
 

@@ -52,6 +52,7 @@ class LMConfig:
 
 class LanguageModel(nn.Module, FromConfig):
     Config, task = LMConfig, "lm"
+    former_names = {"decoder.": "out."}  # the output layer's name in checkpoints saved before 2026-12-08
 
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -69,10 +70,10 @@ class LanguageModel(nn.Module, FromConfig):
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(c.hidden_size, c.vocab_size, list(c.adaptive_cutoffs),
                                                           div_value=4.0)
         else:
-            self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
-            nn.init.zeros_(self.decoder.bias)
+            self.out = nn.Linear(c.hidden_size, c.vocab_size)  # the output layer, as in Seq2Seq
+            nn.init.zeros_(self.out.bias)
             if c.tie_weights:
-                self.decoder.weight = self.embed.weight
+                self.out.weight = self.embed.weight
 
     def forward(self, ids: Tensor, state=None) -> tuple[Tensor, object]:
         """ids (B, T) -> hidden (B, T, H) and the recurrent state to carry to the next window."""
@@ -92,16 +93,16 @@ class LanguageModel(nn.Module, FromConfig):
             # float32 outside autocast: the adaptive softmax mixes dtypes in index_copy_ under it (torch 2.13)
             with torch.autocast(h.device.type, enabled=False):
                 return self.adaptive(h[keep].float(), t[keep]).loss * keep.sum(), keep.sum()
-        return token_nll(self.decoder(hidden), targets, label_smoothing)
+        return token_nll(self.out(hidden), targets, label_smoothing)
 
     def log_probs(self, h: Tensor) -> Tensor:
         """h (..., H) -> log-probabilities (..., V)."""
         if hasattr(self, "adaptive"):
             return self.adaptive.log_prob(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:-1], -1)
-        half = getattr(self.decoder, "step_weight", None)  # half_step_weights
+        half = getattr(self.out, "step_weight", None)  # half_step_weights
         if half is not None:
-            return F.log_softmax(F.linear(h.to(half.dtype), half).float() + self.decoder.bias, -1)
-        return F.log_softmax(self.decoder(h).float(), -1)
+            return F.log_softmax(F.linear(h.to(half.dtype), half).float() + self.out.bias, -1)
+        return F.log_softmax(self.out(h).float(), -1)
 
     # decoding interface ------------------------------------------------------
     def start(self, prompt: Tensor) -> tuple[Tensor, dict]:

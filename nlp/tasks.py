@@ -142,8 +142,8 @@ class ChatTask(Task):
     name, model_class = "chat", Seq2Seq
     defaults = {"corpus": ["chitchat", "cornell"]}
     decodes = True
-    # the LM becomes the decoder
-    init_names = {"lm": {"rnn.": "decoder.", "decoder.bias": "out.bias"}}
+    # the LM's recurrent stack becomes the decoder; its output layer (out.*) is the chat model's under that name
+    init_names = {"lm": {"rnn.": "decoder."}}
 
     def prepare(self, splits, tok, rank=0, world=1):
         super().prepare(splits, tok, rank, world)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import pickle
 
@@ -32,9 +33,28 @@ def test_round_trip_gives_the_same_outputs_without_pickle(tmp_path, tokenizer, n
     ids = torch.randint(5, tokenizer.vocab_size, (2, 7))
     torch.testing.assert_close(ck.model(ids)[0], m(ids)[0])
     assert ck.task == "lm" and ck.config["train"] == {"lr": 1}
-    assert ck.model.decoder.weight is ck.model.embed.weight  # tying survives the round trip
+    assert ck.model.out.weight is ck.model.embed.weight  # tying survives the round trip
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors",
                                                                   "tokenizer.model"]
+
+
+def test_a_language_model_saved_under_its_former_names_still_loads(tmp_path, tokenizer):
+    """Checkpoints from before the output layer was named `out` (as in Seq2Seq) call it `decoder`."""
+    from safetensors.torch import load_file, save_file
+
+    m = small_lm(tokenizer)
+    save_checkpoint(tmp_path / "c", m, tokenizer, {})
+    weights = tmp_path / "c" / "model.safetensors"
+    old = {k.replace("out.", "decoder.", 1): v for k, v in load_file(weights).items()}
+    assert "decoder.bias" in old
+    save_file(old, weights)
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    config["files"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    ck = load_checkpoint(tmp_path / "c")
+    torch.testing.assert_close(ck.model.out.bias, m.out.bias)
+    ids = torch.randint(5, tokenizer.vocab_size, (2, 7))
+    torch.testing.assert_close(ck.model.log_probs(ck.model(ids)[0]), m.log_probs(m(ids)[0]))
 
 
 def test_half_precision_halves_the_file_and_loads_as_float32(tmp_path, tokenizer):

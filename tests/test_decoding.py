@@ -25,8 +25,8 @@ def lm():
     torch.manual_seed(0)
     m = LanguageModel(LMConfig(vocab_size=V, emb_dim=16, hidden_size=16, dropout=0.0))
     with torch.no_grad():  # a peaky, untrained model: enough structure for decoding to matter
-        m.decoder.bias.copy_(torch.randn(V) * 3)
-        m.decoder.bias[EOS] = -10
+        m.out.bias.copy_(torch.randn(V) * 3)
+        m.out.bias[EOS] = -10
     return m.eval()
 
 
@@ -238,7 +238,7 @@ def test_bad_settings_are_clear_errors(s2s):
 
 
 def test_banned_ids_are_never_chosen(lm):
-    favourite = int(lm.decoder.bias.argmax())
+    favourite = int(lm.out.bias.argmax())
     assert favourite in run(lm, strategy="greedy")
     for kw in ({"strategy": "greedy"}, {"temperature": 1.5}):
         assert favourite not in run(lm, banned_ids=(favourite,), **kw)
@@ -308,7 +308,7 @@ def test_nonfinite_model_scores_raise_the_projects_own_error(strategy):
     torch.manual_seed(0)
     m = LanguageModel(LMConfig(vocab_size=V, emb_dim=16, hidden_size=16, dropout=0.0)).eval()
     with torch.no_grad():
-        m.decoder.bias[7] = float("nan")
+        m.out.bias[7] = float("nan")
     cfg = GenerationConfig(strategy=strategy, max_new_tokens=5)
     with pytest.raises(NonFiniteScores, match="not finite"):
         if strategy == "beam":

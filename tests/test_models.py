@@ -76,7 +76,7 @@ def test_cells_implementation_gives_the_fused_outputs(task, make):
 
 def test_tied_weights_share_the_embedding_and_need_equal_sizes():
     m = lm(tie_weights=True)
-    assert m.decoder.weight is m.embed.weight
+    assert m.out.weight is m.embed.weight
     with pytest.raises(ConfigError, match="tied weights need emb_dim == hidden_size"):
         LanguageModel(LMConfig(vocab_size=V, emb_dim=8, hidden_size=12, tie_weights=True))
 
@@ -210,7 +210,7 @@ def test_packed_steps_match_the_layer_by_layer_step_and_bfloat16_stays_close():
         half = half_step_weights(copy.deepcopy(model))
         stack = half.rnn if isinstance(model, LanguageModel) else half.decoder
         assert [w.dtype for w, _ in stack.step_weights] == [torch.bfloat16] * stack.num_layers
-        assert hasattr(half.decoder, "step_weight") == isinstance(model, LanguageModel)
+        assert hasattr(half.out, "step_weight") == isinstance(model, LanguageModel)
         with torch.no_grad():
             (_, st), (_, st_exact), (_, st_half) = prime(model, ids), prime(exact, ids), prime(half, ids)
             lp, st = model.step(torch.tensor([9]), st)

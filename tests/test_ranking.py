@@ -302,8 +302,8 @@ def test_init_from_a_language_model_starts_the_decoder(tmp_path, tokenizer, trai
     m = Trainer(cfg).model
     torch.testing.assert_close(m.embed.weight, lm.embed.weight)
     torch.testing.assert_close(m.decoder.weight_hh_l0, lm.rnn.weight_hh_l0)
-    torch.testing.assert_close(m.decoder.bias_ih_l0, lm.rnn.bias_ih_l0)  # not renamed to out.bias_ih_l0
-    torch.testing.assert_close(m.out.bias, lm.decoder.bias)
+    torch.testing.assert_close(m.decoder.bias_ih_l0, lm.rnn.bias_ih_l0)
+    torch.testing.assert_close(m.out.bias, lm.out.bias)
 
 
 def test_eval_reports_hits_at_1_context_gain_and_the_tfidf_ranking(trained):
