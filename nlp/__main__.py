@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-corpus", default="chitchat", help="corpus of the validation rows (default chitchat)")
     tr.add_argument("--distractors", type=at_least(3), default=9, help="distractors a row: all but 2 from "
                     "similar contexts, 2 random (default 9)")
-    tr.add_argument("--generated", type=at_least(0), default=3, help="replies the decoder samples for each row, "
-                    "as further distractors (default 3)")
+    tr.add_argument("--generated", type=at_least(0), default=0, help="replies the decoder samples for each row, "
+                    "as further distractors (default 0: the app's default path ranks training replies only)")
     tr.add_argument("--opening-share", type=float, default=0.5, help="share of rows that answer a conversation's "
                     "first turn, as most of the app's replies do (default 0.5)")
     tr.add_argument("--epochs", type=at_least(1), default=30, help="passes over the features (default 30)")

@@ -31,10 +31,9 @@ from nlp.beam import beam_search
 from nlp.checkpoint import METRICS, Checkpoint, read_metrics, write_json
 from nlp.corpora import CorpusError, load_corpus, task_of, words_in
 from nlp.decoding import GenerationConfig, make_generator, sample_batch
-from nlp.ranker import RANKER_CONFIG
+from nlp.ranker import BATCH_OUTPUT_ROWS, RANKER_CONFIG
 from nlp.retrieval import MANIFEST, index_path
 from nlp.serve import (
-    VERDICTS,
     candidate_scores,
     chat_reply,
     classify,
@@ -46,6 +45,7 @@ from nlp.serve import (
 )
 from nlp.tasks import TASKS
 from nlp.tokenizer import EOS
+from nlp.verdict import VERDICTS
 
 
 # --------------------------------------------------------------------------- language model
@@ -184,7 +184,7 @@ def ranking_scores(ck: Checkpoint, examples: list, candidates: list[list[list[in
     """Each row's candidates (token ids) scored by the app's score, by the model's part of it alone and by the
     word overlap alone."""
     src = [e.src for e in examples]
-    model = candidate_scores(ck, src, candidates, overlap=False)
+    model = candidate_scores(ck, src, candidates, overlap=False, output_rows=BATCH_OUTPUT_ROWS)
     ov = R.Overlap.of(ck.tokenizer)
     flat = [c for group in candidates for c in group]
     overlap = ov([s for s, group in zip(src, candidates) for _ in group], flat).tolist()

@@ -3,7 +3,7 @@ words, emoticons and idioms rated by people, with rules for negation, "but", boo
 uses it three ways: as the sentiment baseline in evaluation, to pick plain statements for training
 (nlp.augment.neutral_sentences), and in the neutral / mixed verdict, where a text in which it finds no opinion at
 all (a compound score of exactly 0: "The museum opens at 9 am on weekdays.") is a statement of fact unless the
-classifier's rating is strong (nlp.serve.NeutralRule)."""
+classifier's rating is strong (nlp.verdict.NeutralRule)."""
 
 from __future__ import annotations
 

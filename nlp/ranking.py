@@ -81,6 +81,11 @@ class Overlap:
         """The overlap under `tokenizer`'s pieces, built once per tokenizer (a chat reply reuses it)."""
         return _overlap_of(tokenizer)
 
+    @functools.cached_property
+    def weights(self) -> Tensor:
+        """The piece weights as a tensor (vocabulary,), for vectorised use (nlp.ranker.soft_match)."""
+        return torch.tensor(self.piece_weights, dtype=torch.float)
+
     def vector(self, ids: list[int], once: bool = False) -> tuple[dict[int, float], float]:
         """The weighted bag of a text's pieces (sparse; each counted once with `once`) and its length."""
         v = {t: (1.0 if once else 1.0 + math.log(c)) * self.piece_weights[t] for t, c in Counter(ids).items()
@@ -150,6 +155,22 @@ def head_scores(model, pooled: Tensor, replies: list[list[int]]) -> Tensor:
     reply, reply_len = pad([r or [EOS] for r in replies])
     rep_vec = model.reply_vectors(reply.to(pooled.device), reply_len)
     return model.head_scale() * (model.context_vectors(pooled) * rep_vec).sum(-1)
+
+
+@torch.no_grad()
+def context_similarity(model, tokenizer, message: str, contexts: list[str], max_len: int = 64) -> list[float]:
+    """How close in meaning each training context turn is to the user's message: the cosine of the encoder's
+    pooled states of the two, each encoded alone as a one-turn context. A retrieved reply fits when the turn
+    it answered asked what the user asks; word matches (BM25) find the turn, this says whether it means the
+    same (on round 1's blind labels it told sensible retrieved replies from the rest with AUC 0.80, the BM25
+    match 0.66; docs/chat.md)."""
+    if not contexts:
+        return []
+    src, src_len = pad([tokenizer.encode_turns([t], max_len) or EMPTY_CONTEXT for t in [message, *contexts]])
+    with fused_turn(src):
+        pooled = model.encode(src.to(_device(model)), src_len)["pooled"].float()
+    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return (pooled[1:] @ pooled[0]).tolist()
 
 
 @torch.no_grad()

@@ -34,12 +34,14 @@ import numpy as np
 
 from nlp.errors import ReplyIndexError
 
-FORMAT = 1
+FORMAT = 2  # 2 stores the matched context turns (CONTEXTS); an index of format 1 still serves without them
+FORMATS = (1, 2)
 MANIFEST = "index.json"
 BM25_ARRAYS = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")  # bm25s's file names
 VOCAB = "vocab.index.json"
 TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s.tokenize's default: words of two or more characters, lower-cased
 TEXTS, STARTS, CORPUS = "texts.npy", "starts.npy", "corpus.npy"  # UTF-8 replies back to back; offsets; corpus id
+CONTEXTS, CONTEXT_STARTS = "contexts.npy", "context_starts.npy"  # the context turn each reply answered, likewise
 MAX_REPLY_WORDS = 30  # longer replies ramble past the point (what blind judges marked down), and cost memory
 INDEX_DIR = "index"   # where a chat checkpoint keeps its index
 
@@ -70,10 +72,12 @@ class ReplyIndex:
     """The replies of the training dialogues, searchable by the context they answered."""
 
     def __init__(self, vocab: dict[str, int], bm25: tuple[np.ndarray, np.ndarray, np.ndarray], texts: np.ndarray,
-                 starts: np.ndarray, corpus: np.ndarray, info: dict):
+                 starts: np.ndarray, corpus: np.ndarray, info: dict,
+                 contexts: tuple[np.ndarray, np.ndarray] | None = None):
         self.vocab = vocab                          # word -> column of the BM25 matrix
         self.data, self.indices, self.indptr = bm25  # CSC: column w holds (entry, BM25 weight of w) pairs
         self.texts, self.starts, self.corpus_ids = texts, starts, corpus
+        self.contexts = contexts                    # (UTF-8 blob, offsets) of the matched turns; None in format 1
         self.info = info
         self.corpora: list[str] = list(info["corpora"])
 
@@ -82,6 +86,14 @@ class ReplyIndex:
 
     def text(self, entry: int) -> str:
         return bytes(self.texts[self.starts[entry]:self.starts[entry + 1]]).decode("utf-8")
+
+    def context(self, entry: int) -> str | None:
+        """The training context turn that `entry`'s reply answered (what the message was matched against);
+        None for an index built before they were stored."""
+        if self.contexts is None:
+            return None
+        blob, starts = self.contexts
+        return bytes(blob[starts[entry]:starts[entry + 1]]).decode("utf-8")
 
     def corpus(self, entry: int) -> str:
         return self.corpora[int(self.corpus_ids[entry])]
@@ -111,6 +123,7 @@ class ReplyIndex:
 
         corpora: list[str] = []
         keys, blob, starts, corpus = [], bytearray(), [0], []
+        key_blob, key_starts = bytearray(), [0]
         seen: set[tuple[str, str]] = set()
         for r in rows:
             last = r["context"][-1] if r["context"] else ""
@@ -122,6 +135,8 @@ class ReplyIndex:
             if r["corpus"] not in corpora:
                 corpora.append(r["corpus"])
             keys.append(last)
+            key_blob += last.encode("utf-8")
+            key_starts.append(len(key_blob))
             blob += reply.encode("utf-8")
             starts.append(len(blob))
             corpus.append(corpora.index(r["corpus"]))
@@ -135,17 +150,22 @@ class ReplyIndex:
                 "max_reply_words": MAX_REPLY_WORDS, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         bm25 = (retriever.scores["data"], retriever.scores["indices"], retriever.scores["indptr"])
         return cls(dict(retriever.vocab_dict), bm25, np.frombuffer(bytes(blob), dtype=np.uint8),
-                   np.array(starts, dtype=np.int64), np.array(corpus, dtype=np.uint8), info)
+                   np.array(starts, dtype=np.int64), np.array(corpus, dtype=np.uint8), info,
+                   (np.frombuffer(bytes(key_blob), dtype=np.uint8), np.array(key_starts, dtype=np.int64)))
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         for name, array in zip(BM25_ARRAYS, (self.data, self.indices, self.indptr)):
             np.save(path / name, np.ascontiguousarray(array), allow_pickle=False)
         (path / VOCAB).write_text(json.dumps(self.vocab, separators=(",", ":")))
-        for name, array in ((TEXTS, self.texts), (STARTS, self.starts), (CORPUS, self.corpus_ids)):
+        arrays = [(TEXTS, self.texts), (STARTS, self.starts), (CORPUS, self.corpus_ids)]
+        if self.contexts is not None:
+            arrays += list(zip((CONTEXTS, CONTEXT_STARTS), self.contexts))
+        for name, array in arrays:
             np.save(path / name, np.ascontiguousarray(array), allow_pickle=False)
-        files = sorted([*BM25_ARRAYS, VOCAB, TEXTS, STARTS, CORPUS])
-        info = {**self.info, "files": {f: _sha256(path / f) for f in files}}
+        files = sorted([*BM25_ARRAYS, VOCAB, *(name for name, _ in arrays)])
+        info = {**self.info, "format": FORMAT if self.contexts is not None else 1,
+                "files": {f: _sha256(path / f) for f in files}}
         (path / MANIFEST).write_text(json.dumps(info, indent=1) + "\n")
         self.info = info
 
@@ -161,7 +181,7 @@ class ReplyIndex:
         try:
             info = json.loads(manifest.read_text())
             files = info["files"]
-            if info.get("format") != FORMAT or not isinstance(files, dict):
+            if info.get("format") not in FORMATS or not isinstance(files, dict):
                 raise ValueError("unknown format")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
             raise ReplyIndexError(f"{manifest} is damaged ({e}); {rebuild}") from None
@@ -175,13 +195,16 @@ class ReplyIndex:
             vocab = json.loads((path / VOCAB).read_text())
             bm25 = tuple(np.load(path / n, mmap_mode="r", allow_pickle=False) for n in BM25_ARRAYS)
             arrays = [np.load(path / n, mmap_mode="r", allow_pickle=False) for n in (TEXTS, STARTS, CORPUS)]
+            contexts = tuple(np.load(path / n, mmap_mode="r", allow_pickle=False)
+                             for n in (CONTEXTS, CONTEXT_STARTS)) if info["format"] >= 2 else None
         except (ValueError, OSError, KeyError, TypeError) as e:
             raise ReplyIndexError(f"{path}: the index cannot be read ({e}); {rebuild}") from None
-        index = cls(vocab, bm25, *arrays, info)
+        index = cls(vocab, bm25, *arrays, info, contexts)
         data, indices, indptr = bm25
         if len(index) != info.get("entries") or len(index.corpus_ids) != len(index) or \
                 int(arrays[1][-1]) != len(arrays[0]) or len(data) != len(indices) or \
-                int(indptr[-1]) != len(data):
+                int(indptr[-1]) != len(data) or (contexts is not None and (
+                    len(contexts[1]) != len(index) + 1 or int(contexts[1][-1]) != len(contexts[0]))):
             raise ReplyIndexError(f"{path}: its arrays disagree with {MANIFEST}; {rebuild}")
         return index
 

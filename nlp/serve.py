@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from nlp.ranking import (
     SentenceCut,
     combine,
     components,
+    context_similarity,
     needs_prior,
     prior_loglik,
     sample_and_rank,
@@ -43,6 +44,7 @@ from nlp.ranking import (
 from nlp.retrieval import ReplyIndex, index_path
 from nlp.runtime import cpu_has_native_bf16
 from nlp.tokenizer import BOS, EOS, decode_text, detokenize_wikitext, stream_text
+from nlp.verdict import NeutralRule
 
 MAX_INPUT_CHARS = 20_000  # CLI limit; the web app sets tighter ones of its own
 
@@ -81,12 +83,22 @@ class Reply:
 SOURCES = ("retrieved", "both", "generated")
 DEFAULT_SOURCE = "retrieved"
 RETRIEVED_CANDIDATES = 20  # training replies the index offers the ranker for each message
-# When nothing fits: a retrieved reply is shown only when the training context it answered matches the message
-# by at least this BM25 score; below it, a plain reply (PLAIN_REPLIES) is shown instead. Chosen on the blind
-# judgement (docs/chat.md, round 1): the chosen reply's match told sensible from senseless replies (AUC 0.76)
-# better than the ranker's score (0.66), and the decoder's own candidates made sense 8% of the time.
+# When nothing fits: the ranked-first retrieved reply is shown only when the training context turn it answered
+# means what the message says, by the encoder's cosine (nlp.ranking.context_similarity) of at least
+# MIN_SIMILARITY; below it, a plain reply (PLAIN_REPLIES). Chosen on round 1's blind labels (docs/chat.md): the
+# similarity told sensible retrieved replies from the rest with AUC 0.80, the BM25 match 0.66 and the ranker's
+# score 0.69. An index built before it stored the context turns gates on the BM25 match (MIN_MATCH) instead.
+MIN_SIMILARITY = 0.75
 MIN_MATCH = 5.5
 PLAIN_REPLIES = {"question": "I don't know.", "statement": "Ok."}
+
+
+def fits(candidate: dict, min_match: float = MIN_MATCH, min_similarity: float = MIN_SIMILARITY) -> bool:
+    """Whether a ranked-first retrieved reply is shown: its context turn's similarity in meaning to the message
+    is at least min_similarity, or, from an index without context turns, its BM25 match at least min_match."""
+    if "similarity" in candidate:
+        return candidate["similarity"] >= min_similarity
+    return candidate.get("match", 0.0) >= min_match
 
 
 def plain_reply(message: str) -> str:
@@ -96,14 +108,15 @@ def plain_reply(message: str) -> str:
 
 def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
                generator: torch.Generator | None = None, source: str = DEFAULT_SOURCE,
-               index: ReplyIndex | None = None, min_match: float = MIN_MATCH) -> Reply:
+               index: ReplyIndex | None = None, min_match: float = MIN_MATCH,
+               min_similarity: float = MIN_SIMILARITY) -> Reply:
     """Reply to the last turn of `history` (oldest first), seeing as many turns as the model was trained on.
 
     With sampling and several candidates (the default), the candidates come from `source`: "retrieved" (the
     replies `index` holds for the training contexts most like the message), "generated" (the decoder's
     samples) or "both"; one score ranks them (the checkpoint's ranker, nlp.ranker, or without one the older
-    nlp.ranking score) and the best is shown, its source said. With "retrieved", a best reply whose context
-    matched the message by less than `min_match` (or none at all) gives way to a plain reply (source "plain").
+    nlp.ranking score) and the best is shown, its source said. With "retrieved", a best reply that does not
+    `fit` (or none at all) gives way to a plain reply (source "plain").
     Without an index every source falls back to the generated candidates. Beam search and plain sampling
     write one reply, streamed."""
     if not history or not history[-1].strip():
@@ -132,7 +145,7 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
         if cfg.strategy == "sample" and cfg.num_candidates > 1:  # rank candidates: the best comes at once
             reply.candidates = ranked_candidates(ck, ids, history[-1], cfg, generator, source, index)
             best = reply.candidates[0]
-            if source == "retrieved" and index is not None and best.get("match", 0.0) < min_match:
+            if source == "retrieved" and index is not None and not fits(best, min_match, min_similarity):
                 text = plain_reply(history[-1])
                 best = {"text": text, "ids": ck.tokenizer.encode(text), "source": "plain"}
             reply.text, reply.source, reply.corpus = best["text"], best["source"], best.get("corpus", "")
@@ -160,15 +173,21 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
 
 def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: GenerationConfig,
                       generator: torch.Generator | None, source: str, index: ReplyIndex | None) -> list[dict]:
-    """The candidates of one reply, best first: {"text", "ids", "score", "source", "corpus"?, "match"?}.
-    Generated ones are sampled and cut as sample-and-rank does; retrieved ones are the index's hits for the
-    message. With the checkpoint's ranker all are scored by it; without one by the older score (generated
-    only: that score was never tuned to compare human replies)."""
+    """The candidates of one reply, best first: {"text", "ids", "score", "source", "corpus"?, "match"?,
+    "similarity"?}. Generated ones are sampled and cut as sample-and-rank does; retrieved ones are the index's
+    hits for the message, each with the BM25 match and (with an index that stores them) the similarity in
+    meaning of the context turn it answered to the message (nlp.ranking.context_similarity). With the
+    checkpoint's ranker all are scored by it; without one by the older score (generated only: that score was
+    never tuned to compare human replies)."""
     cands: list[dict] = []
     if index is not None and source != "generated":
+        hits = index.search(message, RETRIEVED_CANDIDATES)
         cands += [{"text": hit.text, "ids": ck.tokenizer.encode(hit.text), "source": "retrieved",
-                   "corpus": hit.corpus, "match": round(hit.score, 3)}
-                  for hit in index.search(message, RETRIEVED_CANDIDATES)]
+                   "corpus": hit.corpus, "match": round(hit.score, 3)} for hit in hits]
+        contexts = [index.context(hit.entry) for hit in hits]
+        if hits and None not in contexts:  # an index of format 1 stores no context turns
+            for c, sim in zip(cands, context_similarity(ck.model, ck.tokenizer, message, contexts)):
+                c["similarity"] = round(sim, 4)
     if source != "retrieved" or not cands:
         ranked = sample_and_rank(ck.model, [ids], cfg, ranking_weights(ck), generator, sentence_cut(ck, cfg),
                                  Overlap.of(ck.tokenizer))[0]
@@ -177,7 +196,7 @@ def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: Generat
     if ck.ranker is None:
         generated = [c for c in cands if c["source"] == "generated"]
         return generated or cands
-    kept = ("text", "ids", "source", "corpus", "match")  # the older score's parts no longer say why
+    kept = ("text", "ids", "source", "corpus", "match", "similarity")  # the older score's parts no longer say why
     scores = candidate_scores(ck, [ids], [[c["ids"] for c in cands]])
     cands = [{**{k: c[k] for k in kept if k in c}, "score": round(s, 4)} for c, s in zip(cands, scores)]
     return sorted(cands, key=lambda c: -c["score"])
@@ -185,10 +204,12 @@ def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: Generat
 
 @torch.no_grad()
 def candidate_scores(ck: Checkpoint, contexts: list[list[int]], candidates: list[list[list[int]]],
-                     overlap: bool = True, batch: int = 24) -> list[float]:
+                     overlap: bool = True, batch: int = 24, output_rows: int = 16) -> list[float]:
     """The app's score of every candidate reply (ids) of every context, flat and in order: the checkpoint's
     ranker plus its weight of the word overlap, or without a ranker the older nlp.ranking score with the
-    checkpoint's tuned weights. overlap=False leaves the overlap term out: the model's part alone."""
+    checkpoint's tuned weights. overlap=False leaves the overlap term out: the model's part alone.
+    output_rows: positions the ranker's features run through the output layer at once (nlp.ranker.features;
+    a server keeps it small, a batch evaluation raises it)."""
     ov = Overlap.of(ck.tokenizer)
     flat_ctx = [c for c, group in zip(contexts, candidates) for _ in group]
     flat = [r for group in candidates for r in group]
@@ -200,7 +221,8 @@ def candidate_scores(ck: Checkpoint, contexts: list[list[int]], candidates: list
         comp.overlap = ov(flat_ctx, flat) if weights.overlap else None
         prior = prior_loglik(ck.model, flat) if needs_prior(weights) else None
         return combine(comp, weights, prior).tolist()
-    scores = torch.cat([ck.ranker(features(ck.model, ck.tokenizer, contexts[i:i + batch], candidates[i:i + batch]))
+    scores = torch.cat([ck.ranker(features(ck.model, ck.tokenizer, contexts[i:i + batch], candidates[i:i + batch],
+                                           output_rows=output_rows))
                         for i in range(0, len(contexts), batch)])
     if overlap and ck.ranker.overlap_weight:
         scores = scores + ck.ranker.overlap_weight * ov(flat_ctx, flat)
@@ -364,52 +386,6 @@ def continue_text(ck: Checkpoint, prompt: str, cfg: GenerationConfig,
 
     gen.stream = run()
     return gen
-
-
-NEUTRAL = "neutral / mixed"
-VERDICTS = ("negative", "positive", NEUTRAL)
-
-
-@dataclass(frozen=True)
-class NeutralRule:
-    """When the classifier's binary label is not the whole story: the verdict is "neutral / mixed" when the
-    rating head is near zero, the label's probability is low, (disagree) the rating's sign contradicts the
-    label, or the text holds no opinion that VADER's lexicon knows and the rating is within
-    no_opinion_rating_below of zero (a statement of fact: the rated training sentences are all opinions, so the
-    classifier reads "The museum opens at 9 am on weekdays." as one, rating +0.93). The thresholds are chosen
-    on validation data (`python -m nlp tune-sentiment`) and stored in the checkpoint's config.json under
-    "neutral"; the default never says neutral."""
-    rating_below: float = 0.0
-    probability_below: float = 0.5
-    disagree: bool = False
-    no_opinion_rating_below: float = 0.0
-
-    def __post_init__(self):
-        for name, top in (("rating_below", 4), ("probability_below", 1), ("no_opinion_rating_below", 4)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
-                raise ValueError(f"{name} must be a number from 0 to {top}, got {value!r}")
-        if not isinstance(self.disagree, bool):
-            raise ValueError(f"disagree must be true or false, got {self.disagree!r}")
-
-    @classmethod
-    def of(cls, ck: Checkpoint) -> NeutralRule:
-        stored = ck.config.get("neutral") or {}
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in stored.items() if k in names})
-
-    def verdict(self, label: int, probability: float, rating: float | None = None, opinion: bool = True) -> str:
-        """`opinion`: whether VADER's lexicon finds an opinion in the text (nlp.lexicon.has_opinion)."""
-        if probability < self.probability_below:
-            return NEUTRAL
-        if rating is not None and (abs(rating) < self.rating_below
-                                   or (self.disagree and (rating > 0) != (label == 1))
-                                   or (not opinion and abs(rating) < self.no_opinion_rating_below)):
-            return NEUTRAL
-        return VERDICTS[label]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.no_grad()

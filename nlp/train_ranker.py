@@ -1,8 +1,10 @@
 """`python -m nlp train-ranker`: the chat ranker (nlp.ranker) fitted on the candidates it meets when serving.
 
 For each sampled training row: its own reply first, then the replies the reply index finds for the training
-contexts nearest to its last turn (never its own reply's text), two random replies, and replies the decoder
-samples for its context. The frozen chat model gives each candidate's features once; the ranker learns, by
+contexts nearest to its last turn (never its own reply's text), two random replies, and (with `generated`)
+replies the decoder samples for its context. The app's default path ranks training replies only, and a
+ranker fitted against human candidates alone picked the true reply more often on validation (docs/chat.md),
+so `generated` is 0 unless asked for. The frozen chat model gives each candidate's features once; the ranker learns, by
 softmax cross-entropy over each row's candidates, to put the row's own reply first. Validation rows of the
 same make choose the epoch and the weight of the word overlap beside the ranker.
 """
@@ -19,7 +21,7 @@ from torch import Tensor
 from nlp.checkpoint import Checkpoint
 from nlp.corpora import load_corpus
 from nlp.decoding import make_generator, sample_batch
-from nlp.ranker import OVERLAP_WEIGHTS, Ranker, features, save_ranker
+from nlp.ranker import BATCH_OUTPUT_ROWS, OVERLAP_WEIGHTS, SCALARS, Ranker, features, save_ranker
 from nlp.ranking import Overlap
 from nlp.serve import default_decoding, sentence_cut
 
@@ -70,7 +72,8 @@ def candidate_features(ck: Checkpoint, rows: list[dict], candidates: list[list[s
     for s in range(0, len(rows), batch):
         ctx = [tok.encode_turns(r["context"][-turns:], max_src) for r in rows[s:s + batch]]
         cands = [tok.encode_batch(c) for c in candidates[s:s + batch]]
-        feats.append(features(ck.model, ck.tokenizer, ctx, cands, amp=True).view(len(ctx), len(cands[0]), -1))
+        feats.append(features(ck.model, ck.tokenizer, ctx, cands, amp=True, output_rows=BATCH_OUTPUT_ROWS)
+                     .view(len(ctx), len(cands[0]), -1))
         shared.append(overlap([c for c, group in zip(ctx, cands) for _ in group],
                               [r for group in cands for r in group]).view(len(ctx), -1))
         if log and (s // batch) % 50 == 0:
@@ -88,10 +91,10 @@ def hits_at_1(ranker: Ranker, feats: Tensor, shared: Tensor | None = None, overl
 
 
 def fit(ranker: Ranker, train: Tensor, val: Tensor, epochs: int, lr: float, seed: int, log=print) -> dict:
-    """Train on (rows, candidates, F) with the own reply at candidate 0 (softmax cross-entropy over each row's
-    candidates); keep the epoch with the best validation Hits@1."""
+    """Train on (rows, candidates, len(SCALARS)) with the own reply at candidate 0 (softmax cross-entropy over
+    each row's candidates); keep the epoch with the best validation Hits@1."""
     g = torch.Generator().manual_seed(seed)
-    flat = train.reshape(-1, train.shape[-1])
+    flat = ranker.pick(train).reshape(-1, len(ranker.features))
     ranker.mean.copy_(flat.mean(0))
     ranker.std.copy_(flat.std(0).clamp(min=1e-4))
     opt = torch.optim.AdamW(ranker.parameters(), lr=lr, weight_decay=1e-4)
@@ -136,7 +139,7 @@ def sample_rows(corpora: list[str], split: str, n: int, rng: random.Random, open
 
 
 def train_ranker(ck: Checkpoint, index, corpora: list[str], rows: int = 4000, val_rows: int = 500,
-                 val_corpus: str = "chitchat", negatives: int = 9, generated: int = 3, hidden: int = 64,
+                 val_corpus: str = "chitchat", negatives: int = 9, generated: int = 0, hidden: int = 64,
                  epochs: int = 30, lr: float = 1e-3, opening_share: float = 0.5, seed: int = 0, log=print) -> dict:
     """`python -m nlp train-ranker`: features of hard candidates for `rows` training rows and `val_rows`
     validation rows of `val_corpus` (Chit-Chat's by default: everyday conversations, what the app's users
@@ -155,7 +158,7 @@ def train_ranker(ck: Checkpoint, index, corpora: list[str], rows: int = 4000, va
         return [h + g for h, g in zip(human, generated_candidates(ck, rows, generated, seed))]
     train_feats, _ = candidate_features(ck, train_rows, candidates(train_rows, seed), log=log)
     val_feats, val_overlap = candidate_features(ck, val, candidates(val, seed + 1), log=log)
-    ranker = Ranker(train_feats.shape[-1], hidden)
+    ranker = Ranker(SCALARS, hidden)
     result = fit(ranker, train_feats, val_feats, epochs, lr, seed, log)
     # the weight of the word overlap beside the ranker: the best on the validation rows (the first of equals)
     grid = {w: hits_at_1(ranker, val_feats, val_overlap, w) for w in OVERLAP_WEIGHTS}

@@ -20,7 +20,8 @@ from nlp.checkpoint import Checkpoint, CheckpointError
 from nlp.corpora import CorpusError, load_corpus
 from nlp.decoding import GenerationConfig
 from nlp.evaluate import NEUTRAL_BAND, RANK_CANDIDATES, chat_replies, chat_rows, ranking_candidates, three_way
-from nlp.serve import NEUTRAL, NeutralRule, classify, default_decoding
+from nlp.serve import classify, default_decoding
+from nlp.verdict import NEUTRAL, NeutralRule
 
 PROBE = Path(__file__).resolve().parent.parent / "scripts" / "sentiment_probe.jsonl"
 

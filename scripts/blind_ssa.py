@@ -53,8 +53,9 @@ def idk_ok(context: list[str]) -> str:
     return "I don't know." if "?" in context[-1] else "Ok."
 
 
-def make_systems(names: list[str], checkpoint: str, seed: int):
-    """name -> function(context turns) -> reply text."""
+def make_systems(names: list[str], checkpoint: str, seed: int, also: dict[str, str] | None = None):
+    """name -> function(context turns) -> reply text. `also` adds, per name, the app's default path served from
+    another checkpoint (a design compared with the shipped one, say)."""
     systems = {}
     if "idk_ok_bot" in names:
         systems["idk_ok_bot"] = idk_ok
@@ -64,28 +65,31 @@ def make_systems(names: list[str], checkpoint: str, seed: int):
 
         retriever = Tfidf(load_corpus("chitchat")["train"])
         systems["tfidf_top1"] = lambda c: retriever.reply([c])[0]
-    # name -> (source, min_match): the app's default path, and the variants it was chosen among
-    model_systems = {"app_default": ("retrieved", None), "generated_only": ("generated", None),
-                     "retrieved_only": ("retrieved", 0.0), "both_ranked": ("both", None)}
-    if any(n in model_systems for n in names):
+    # name -> (source, gated): the app's default path, and the variants it was chosen among; an ungated one
+    # always shows its best reply, never a plain one
+    model_systems = {"app_default": ("retrieved", True), "generated_only": ("generated", True),
+                     "retrieved_only": ("retrieved", False), "both_ranked": ("both", True)}
+    if any(n in model_systems for n in names) or also:
         from nlp.decoding import make_generator
-        from nlp.serve import MIN_MATCH, chat_reply, default_decoding, open_checkpoint, open_index
+        from nlp.serve import MIN_MATCH, MIN_SIMILARITY, chat_reply, default_decoding, open_checkpoint, open_index
 
-        ck = open_checkpoint(checkpoint, task="chat")
-        index = open_index(ck)
-        cfg = default_decoding(ck)
+        def answer(source: str, gated: bool, path: str = checkpoint):
+            ck = open_checkpoint(path, task="chat")
+            index, cfg = open_index(ck), default_decoding(ck)
 
-        def answer(source: str, min_match: float | None):
             def reply(context: list[str]) -> str:
-                r = chat_reply(ck, context, cfg, make_generator(seed), source=source, index=index,
-                               min_match=MIN_MATCH if min_match is None else min_match)
+                gate = {"min_match": MIN_MATCH, "min_similarity": MIN_SIMILARITY} if gated else \
+                    {"min_match": float("-inf"), "min_similarity": float("-inf")}
+                r = chat_reply(ck, context, cfg, make_generator(seed), source=source, index=index, **gate)
                 for _ in r.stream:
                     pass
                 return r.text
             return reply
-        for name, (source, min_match) in model_systems.items():
+        for name, (source, gated) in model_systems.items():
             if name in names:
-                systems[name] = answer(source, min_match)
+                systems[name] = answer(source, gated)
+        for name, path in (also or {}).items():
+            systems[name] = answer(*model_systems["app_default"], path)
     unknown = set(names) - set(systems)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
@@ -97,7 +101,8 @@ def collect(a) -> None:
     if (out / "labels.txt").exists() and not a.force:
         raise SystemExit(f"{out} already holds a round; --force replaces it (and its labels)")
     contexts = [json.loads(line)["context"] for line in Path(a.contexts).read_text().splitlines() if line.strip()]
-    systems = make_systems(a.systems, a.checkpoint, a.seed)
+    also = dict(spec.split("=", 1) for spec in a.also)
+    systems = make_systems(a.systems, a.checkpoint, a.seed, also)
     rng = random.Random(a.seed)
     key, blocks, ids = {}, [], []
     for n, context in enumerate(contexts, 1):
@@ -173,18 +178,20 @@ def replies_by_context(folder: Path) -> dict[str, tuple[str, str]]:
 
 
 def carry(a) -> None:
-    """`carry`: label a round's replies that an earlier, labelled round holds word for word in the same
+    """`carry`: label a round's replies that earlier, labelled rounds hold word for word in the same
     conversation with the label given there (the same judgement of the same reply); the rest stay unlabelled."""
-    old, new = Path(a.source), Path(a.folder)
-    given = read_labels(old / "labels.txt")
-    known = {pair: given[rid] for rid, pair in replies_by_context(old).items() if rid in given}
+    new, known = Path(a.folder), {}
+    for old in map(Path, a.source):
+        given = read_labels(old / "labels.txt")
+        known.update({pair: given[rid] for rid, pair in replies_by_context(old).items() if rid in given})
     lines, carried = [], 0
     for rid, pair in replies_by_context(new).items():
         label = known.get(pair, "")
         carried += bool(label)
         lines.append(f"{rid} {label}".rstrip() + "\n")
     (new / "labels.txt").write_text("".join(lines))
-    print(f"{carried} of {len(lines)} labels carried from {old}; the rest need a judge", file=sys.stderr)
+    print(f"{carried} of {len(lines)} labels carried from {', '.join(a.source)}; the rest need a judge",
+          file=sys.stderr)
 
 
 def samples(a) -> None:
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", required=True, help="folder of this round (e.g. docs/ssa/round-1)")
     c.add_argument("--systems", nargs="+", default=["app_default", "generated_only", "tfidf_top1", "idk_ok_bot"])
     c.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "chat"))
+    c.add_argument("--also", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                   help="the app's default path served from another checkpoint, under NAME")
     c.add_argument("--contexts", default=str(CONTEXTS.relative_to(ROOT)), help="jsonl of {\"context\": [turns]}")
     c.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the shuffle")
     c.add_argument("--force", action="store_true", help="replace an existing round")
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     cy = sub.add_parser("carry", help="label replies that an earlier labelled round shows word for word in the "
                         "same conversation")
     cy.add_argument("folder", help="the round to label")
-    cy.add_argument("--source", required=True, help="the labelled round")
+    cy.add_argument("--source", required=True, nargs="+", help="the labelled rounds")
     cy.set_defaults(fn=carry)
     m = sub.add_parser("samples", help="print a system's replies to n evenly spaced contexts (uncurated)")
     m.add_argument("folder", help="the round's folder")

@@ -5,12 +5,10 @@ pick the true reply? (docs/chat.md, "Next for the ranker")
 
 Training rows (Chit-Chat + Cornell train, half openings) each get their own reply, 5 replies of the index's
 nearest contexts and 4 random ones; validation rows (Chit-Chat validation) are scored twice, against 19 random
-replies and against 19 of the index's nearest-context replies. Every candidate gets the shipped ranker's 6
-features (nlp.ranker.features) and two more: the IDF-weighted mean, over the reply's pieces, of the best cosine
-to any context piece under the model's input embeddings, and the same from the context's side (IDF: the
-tokenizer's piece information, as nlp.ranking.Overlap weighs it). A Ranker MLP is fitted on each feature set
-(two seeds, the epoch chosen on the random-distractor validation rows) and Hits@1 printed beside each feature
-alone and the word overlap alone.
+replies and against 19 of the index's nearest-context replies. Every candidate gets nlp.ranker's features,
+the two soft-match ones among them (nlp.ranker.soft_match). A Ranker MLP is fitted with and without the soft
+match (two seeds, the epoch chosen on the random-distractor validation rows) and Hits@1 printed beside each
+feature alone and the word overlap alone.
 """
 
 from __future__ import annotations
@@ -21,11 +19,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nlp.ranker import SCALARS, Ranker  # noqa: E402
-from nlp.ranking import Overlap  # noqa: E402
 from nlp.serve import open_checkpoint, open_index  # noqa: E402
 from nlp.train_ranker import candidate_features, fit, hits_at_1, sample_rows  # noqa: E402
 
@@ -49,27 +45,6 @@ def candidates(index, rows: list[dict], near: int, far: int, rng: random.Random)
     return out
 
 
-def soft_match(ck, rows: list[dict], cands: list[list[str]]) -> torch.Tensor:
-    """(rows, candidates, 2): reply -> context and context -> reply soft matches."""
-    emb = F.normalize(ck.model.embed.weight.detach().float(), dim=1)
-    weight = torch.tensor(Overlap.of(ck.tokenizer).piece_weights, dtype=torch.float)
-    turns, max_src = ck.config["train"].get("context_turns", 3), ck.config["train"].get("max_src_len", 64)
-    out = []
-    for r, group in zip(rows, cands):
-        ctx = [t for t in ck.tokenizer.encode_turns(r["context"][-turns:], max_src) if weight[t] > 0]
-        row = []
-        for text in group:
-            ids = [t for t in ck.tokenizer.encode(text) if weight[t] > 0]
-            if not ctx or not ids:
-                row.append([0.0, 0.0])
-                continue
-            sim = emb[ids] @ emb[ctx].T
-            row.append([float((sim.max(1).values * weight[ids]).sum() / weight[ids].sum()),
-                        float((sim.max(0).values * weight[ctx]).sum() / weight[ctx].sum())])
-        out.append(row)
-    return torch.tensor(out)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="checkpoints/chat")
@@ -83,24 +58,23 @@ def main() -> None:
     data = {}
     for name, rows, near, far, seed in [("train", train, 5, 4, 1), ("random", val, 0, 19, 2), ("hard", val, 19, 0, 3)]:
         cands = candidates(index, rows, near, far, random.Random(seed))
-        feats, overlap = candidate_features(ck, rows, cands, log=None)
-        data[name] = (feats, overlap, soft_match(ck, rows, cands))
+        data[name] = candidate_features(ck, rows, cands, log=None)
 
     def first(scores: torch.Tensor) -> float:
         return float((scores[:, 1:].max(1).values < scores[:, 0]).float().mean())
     print("Hits@1 of 20 on the validation rows: random / hard distractors")
     print(f"  word overlap alone                 {first(data['random'][1]):.3f} / {first(data['hard'][1]):.3f}")
-    for i, name in enumerate([*SCALARS, "soft reply->context", "soft context->reply"]):
-        pick = (lambda d, i=i: d[0][..., i]) if i < len(SCALARS) else (lambda d, i=i: d[2][..., i - len(SCALARS)])
-        print(f"  {name:34} {first(pick(data['random'])):.3f} / {first(pick(data['hard'])):.3f}")
-    for label, pick in [("ranker, 6 features", lambda d: d[0]),
-                        ("ranker, 6 + 2 soft-match features", lambda d: torch.cat([d[0], d[2]], -1))]:
+    for i, name in enumerate(SCALARS):
+        print(f"  {name:34} {first(data['random'][0][..., i]):.3f} / {first(data['hard'][0][..., i]):.3f}")
+    soft = [n for n in SCALARS if n.startswith("soft_")]
+    for label, names in [("ranker without the soft match", [n for n in SCALARS if n not in soft]),
+                         ("ranker with the soft match", SCALARS)]:
         for seed in (0, 1):
             torch.manual_seed(seed)
-            ranker = Ranker(pick(data["train"]).shape[-1], 64)
-            fit(ranker, pick(data["train"]), pick(data["random"]), 30, 1e-3, seed, log=None)
-            print(f"  {label}, seed {seed}: {hits_at_1(ranker, pick(data['random'])):.3f} / "
-                  f"{hits_at_1(ranker, pick(data['hard'])):.3f}")
+            ranker = Ranker(names, 64)
+            fit(ranker, data["train"][0], data["random"][0], 30, 1e-3, seed, log=None)
+            print(f"  {label}, seed {seed}: {hits_at_1(ranker, data['random'][0]):.3f} / "
+                  f"{hits_at_1(ranker, data['hard'][0]):.3f}")
 
 
 if __name__ == "__main__":

@@ -89,5 +89,5 @@ def served_chat(trained, tmp_path_factory):
     shutil.copytree(trained["chat"], folder)
     assert main(["index", "--checkpoint", str(folder), "--corpus", str(CHAT)]) == 0
     assert main(["train-ranker", "--checkpoint", str(folder), "--corpus", str(CHAT), "--val-corpus", str(CHAT),
-                 "--rows", "60", "--val-rows", "20", "--distractors", "4", "--epochs", "3"]) == 0
+                 "--rows", "60", "--val-rows", "20", "--distractors", "4", "--generated", "3", "--epochs", "3"]) == 0
     return folder

@@ -132,7 +132,8 @@ def test_augmentation_never_fails_and_keeps_labels_binary(rows, fraction):
 @fuzz("classify")
 @given(st.lists(ANY_TEXT, min_size=1, max_size=4))
 def test_classify_any_text(trained_models, texts):
-    from nlp.serve import VERDICTS, classify, strip_control
+    from nlp.serve import classify, strip_control
+    from nlp.verdict import VERDICTS
 
     results = classify(trained_models["sentiment"], [strip_control(t)[0][:5000] for t in texts])
     assert len(results) == len(texts)

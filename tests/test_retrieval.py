@@ -6,13 +6,14 @@ import random
 import shutil
 
 import pytest
+import torch
 
 from nlp.__main__ import main
 from nlp.checkpoint import load_checkpoint
 from nlp.corpora import load_corpus
 from nlp.decoding import GenerationConfig, make_generator
 from nlp.errors import CheckpointError, GenerationError, ReplyIndexError
-from nlp.ranker import RANKER_CONFIG, RANKER_WEIGHTS, load_ranker
+from nlp.ranker import RANKER_CONFIG, RANKER_WEIGHTS, load_ranker, save_ranker
 from nlp.retrieval import MANIFEST, ReplyIndex, index_path, usable_reply
 from nlp.serve import chat_reply, open_checkpoint, open_index
 from nlp.train_ranker import hard_candidates
@@ -34,6 +35,7 @@ def test_the_index_keeps_each_pair_once_and_finds_replies_by_their_context(tmp_p
     again = ReplyIndex.load(tmp_path / "index")
     hits = again.search("Do you like sushi?", k=5)
     assert hits[0].text == "I love sushi, salmon rolls most." and hits[0].corpus == "b" and hits[0].score > 0
+    assert again.context(hits[0].entry) == "do you like sushi?"  # the turn it answered, as written
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert again.search("", k=5) == [] and again.search("zzzqqq", k=5) == [] and again.search("hi", k=0) == []
     assert len(again.search("hi what is your job", k=50)) <= len(again)
@@ -91,7 +93,8 @@ def test_one_score_ranks_candidates_of_the_chosen_source(served, source):
     index = open_index(ck)
     message = load_corpus(str(CHAT))["train"]["context"][5][-1]  # a training context: the index has its reply
     cfg = GenerationConfig(num_candidates=4, max_new_tokens=8)
-    reply = chat_reply(ck, [message], cfg, make_generator(0), source=source, index=index, min_match=0.0)
+    reply = chat_reply(ck, [message], cfg, make_generator(0), source=source, index=index, min_match=0.0,
+                       min_similarity=-1.0)
     assert "".join(reply.stream) == reply.text
     kinds = {c["source"] for c in reply.candidates}
     assert kinds == {"both": {"generated", "retrieved"}, "generated": {"generated"},
@@ -184,21 +187,52 @@ def test_eval_echo_baselines_score_the_echo():
     assert b["constant_reply"]["f1"] == pytest.approx(mean_f1([b["constant_reply"]["reply"]] * 2, refs))
 
 
-def test_a_weak_match_gives_way_to_a_plain_reply_and_says_so(served):
+def test_a_reply_whose_context_means_something_else_gives_way_to_a_plain_reply(served):
     ck = open_checkpoint(served, task="chat")
     index = open_index(ck)
     message = load_corpus(str(CHAT))["train"]["context"][5][-1]
     cfg = GenerationConfig(num_candidates=3, max_new_tokens=6)
-    strict = chat_reply(ck, [message + "?"], cfg, make_generator(0), index=index, min_match=1e9)
+    strict = chat_reply(ck, [message + "?"], cfg, make_generator(0), index=index, min_similarity=1.01)
     "".join(strict.stream)
     assert strict.source == "plain" and strict.text == "I don't know." and strict.candidates
-    assert strict.candidates[0]["source"] == "retrieved"  # the candidates stay listed, best first
-    lenient = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_match=0.0)
+    best = strict.candidates[0]  # the candidates stay listed, best first, each with its context's similarity
+    assert best["source"] == "retrieved" and -1.0 <= best["similarity"] <= 1.0
+    lenient = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_similarity=-1.0)
     "".join(lenient.stream)
     assert lenient.source == "retrieved" and lenient.text == lenient.candidates[0]["text"]
     statement = chat_reply(ck, ["zzzz qqqq"], cfg, make_generator(0), index=index)  # no training turn shares a word
     "".join(statement.stream)
     assert statement.source == "plain" and statement.text == "Ok."
+
+
+def test_a_context_turn_is_most_similar_to_itself(served):
+    from nlp.ranking import context_similarity
+
+    ck = open_checkpoint(served, task="chat")
+    sims = context_similarity(ck.model, ck.tokenizer, "do you like to cook?", ["do you like to cook?", "zz qq"])
+    assert sims[0] == pytest.approx(1.0, abs=1e-5) and sims[1] < sims[0]
+    assert context_similarity(ck.model, ck.tokenizer, "hi", []) == []
+
+
+def test_an_index_without_context_turns_still_serves_gated_by_its_match(served, tmp_path):
+    """An index built before the context turns were stored (format 1) serves; the gate is the BM25 match."""
+    index = open_index(open_checkpoint(served, task="chat"))
+    copy = shutil.copytree(served, tmp_path / "chat")
+    old = ReplyIndex(index.vocab, (index.data, index.indices, index.indptr), index.texts, index.starts,
+                     index.corpus_ids, {k: v for k, v in index.info.items() if k != "files"})
+    old.save(copy / "index")
+    assert json.loads((copy / "index" / MANIFEST).read_text())["format"] == 1
+    ck = open_checkpoint(copy, task="chat")
+    index = open_index(ck)
+    assert index.contexts is None and index.context(0) is None
+    message = load_corpus(str(CHAT))["train"]["context"][5][-1]
+    cfg = GenerationConfig(num_candidates=3, max_new_tokens=6)
+    strict = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_match=1e9, min_similarity=-1.0)
+    "".join(strict.stream)
+    assert strict.source == "plain" and "similarity" not in strict.candidates[0]
+    lenient = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_match=0.0, min_similarity=1.01)
+    "".join(lenient.stream)
+    assert lenient.source == "retrieved"
 
 
 def test_search_returns_what_bm25s_retrieve_returns_on_the_same_matrix():
@@ -226,3 +260,47 @@ def test_the_rankers_stop_words_are_scikit_learns():
     from nlp.ranker import STOP_WORDS
 
     assert STOP_WORDS == ENGLISH_STOP_WORDS
+
+
+def test_soft_match_reads_each_piece_by_its_nearest_counterpart_weighted_by_its_information():
+    from nlp.ranker import soft_match
+    from nlp.ranking import Overlap
+
+    # pieces 1-3 orthogonal, piece 4 halfway between 1 and 2 (cosine 0.707 to each); piece 0 weighs nothing
+    emb = torch.tensor([[9.0, 9, 9], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    overlap = Overlap([0.0, 1.0, 1.0, 1.0, 3.0])
+    out = soft_match(emb, overlap, [[1, 0], []], [[[1], [3], [4, 0], [0], [1, 3]], [[1]]])
+    assert out.shape == (6, 2)
+    assert out[0].tolist() == [1.0, 1.0]   # the same piece both ways
+    assert out[1].tolist() == [0.0, 0.0]   # an unrelated one
+    assert out[2].tolist() == pytest.approx([0.5 ** 0.5] * 2)  # a related one, between; piece 0 is not read
+    assert out[3].tolist() == [0.0, 0.0]   # a reply of weightless pieces only
+    assert out[4].tolist() == pytest.approx([0.5, 1.0])  # half the reply is found; the whole context is
+    assert out[5].tolist() == [0.0, 0.0]   # no context
+
+
+def test_a_ranker_reads_the_features_it_was_trained_on_and_older_ones_still_load(served, tmp_path):
+    from nlp.ranker import SCALARS, Ranker, features
+
+    ck = open_checkpoint(served, task="chat")
+    assert ck.ranker.features == SCALARS
+    feats = features(ck.model, ck.tokenizer, [[5, 6, 7]], [[[8, 9], [10]]])
+    assert feats.shape == (2, len(SCALARS))
+    # a ranker saved before the soft-match features existed: 6 features, listed beside "model"
+    copy = shutil.copytree(served, tmp_path / "chat")
+    old = Ranker(SCALARS[:6])
+    save_ranker(load_checkpoint(copy, task="chat"), old, {})
+    info = json.loads((copy / RANKER_CONFIG).read_text())
+    info["model"] = {"n_features": 6, "hidden": 64, "dropout": 0.1}
+    info["features"] = list(SCALARS[:6])
+    (copy / RANKER_CONFIG).write_text(json.dumps(info))
+    loaded = open_checkpoint(copy, task="chat").ranker
+    assert loaded.features == SCALARS[:6]
+    assert torch.equal(loaded(feats), old.eval()(feats))
+    changed = feats.clone()
+    changed[:, 6:] += 1.0  # the columns it was not trained on are not read
+    assert torch.equal(loaded(changed), loaded(feats))
+    info["model"] = {"features": ["loglik", "mood"], "hidden": 64, "dropout": 0.1}
+    (copy / RANKER_CONFIG).write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="mood"):
+        open_checkpoint(copy, task="chat")

@@ -8,7 +8,7 @@ import pytest
 
 from nlp.__main__ import main
 from nlp.augment import at_all, augment, contrast, negate, neutral_sentences
-from nlp.serve import NEUTRAL, NeutralRule
+from nlp.verdict import NEUTRAL, NeutralRule
 from tests.conftest import CHAT, SENTIMENT, train_tiny
 
 

@@ -22,7 +22,7 @@ prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)"
 # The library only now (`ui` does not import it): on a cold start torch's import is still under way, and the box
 # above is on its way to the browser meanwhile
 from nlp.decoding import GenerationError, make_generator  # noqa: E402
-from nlp.serve import DEFAULT_SOURCE, chat_reply, strip_control  # noqa: E402
+from nlp.serve import DEFAULT_SOURCE, MIN_SIMILARITY, chat_reply, strip_control  # noqa: E402
 
 ck = model_or_stop("chat")
 st.sidebar.subheader("Replies")
@@ -67,7 +67,8 @@ def source_of(c: dict) -> str:
 
 def candidates_table(message: dict):
     """The candidates with their scores and sources, the shown reply first."""
-    columns = {"match": "BM25 match of its context", "loglik": "mean log p(reply | context)",
+    columns = {"match": "BM25 match of its context", "similarity": "its context's meaning vs. your message",
+               "loglik": "mean log p(reply | context)",
                "head": "next-reply head", "prior": "mean log p(reply)", "overlap": "overlap with the conversation"}
     rows = [{"reply": c["text"], "source": source_of(c), "score": round(c["score"], 3),
              **{label: round(c[k], 3) for k, label in columns.items() if c.get(k) is not None}}
@@ -76,9 +77,11 @@ def candidates_table(message: dict):
         charts.show_table(rows)
         if ck.ranker is not None:
             st.caption("Candidates: replies people gave in the training dialogues to the contexts most like your "
-                       "message (BM25 match; one is shown only when its match is at least 5.5), or the replies "
+                       "message (BM25 match; the best is shown only when the model reads its context as meaning "
+                       f"what your message means, a cosine of at least {MIN_SIMILARITY}), or the replies "
                        "the model sampled. score = the model's ranker, trained to pick the reply a conversation "
-                       "actually got among replies to similar ones and the model's own samples.")
+                       "actually got among the replies to similar ones (how likely the model finds it, how well "
+                       "its words match the conversation's, how repetitive it is).")
         else:
             st.caption("score = the ranking the model was tuned to on validation data: its next-reply head, "
                        "plus the reply's likelihood given the conversation minus a share of its likelihood "

@@ -6,7 +6,8 @@ import streamlit as st
 
 import charts
 from nlp.english import not_english
-from nlp.serve import NEUTRAL, NeutralRule, classify, strip_control
+from nlp.serve import classify, strip_control
+from nlp.verdict import NEUTRAL, NeutralRule
 from ui import MAX_SENTENCE_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ROWS, model_or_stop
 from uploads import UploadError, csv_bytes, read_rows
 
