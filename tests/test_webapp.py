@@ -235,9 +235,10 @@ def test_each_reply_says_where_it_came_from_and_generated_only_keeps_the_models_
 
     said = "A reply from the" if fits(reply["candidates"][0]) else "No reply from the training"
     assert reply["source_line"].startswith(said) and any(said in c.value for c in at.caption)
-    if said == "A reply from the":
-        assert reply["source_line"] in ("A reply from the Chit-Chat training dialogues.",
-                                        "A reply from the Cornell Movie-Dialogs training dialogues.")
+    if said == "A reply from the":  # the corpus by its name (a local file, as here, by its path)
+        corpus = reply["candidates"][0]["corpus"]
+        name = {"chitchat": "Chit-Chat", "cornell": "Cornell Movie-Dialogs"}.get(corpus, corpus)
+        assert reply["source_line"] == f"A reply from the {name} training dialogues."
     table = tables(at)[0]
     assert "BM25 match of its context" in table[0] and "its context's meaning vs. your message" in table[0]
     assert all(r["source"].startswith("a reply from") for r in table)
