@@ -26,6 +26,7 @@ The systems, by name (--systems picks; the first four are always worth including
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -73,9 +74,13 @@ def make_systems(names: list[str], checkpoint: str, seed: int, also: dict[str, s
         from nlp.decoding import make_generator
         from nlp.serve import MIN_MATCH, MIN_SIMILARITY, chat_reply, default_decoding, open_checkpoint, open_index
 
-        def answer(source: str, gated: bool, path: str = checkpoint):
+        @functools.cache
+        def served(path: str):  # each checkpoint loaded once, whatever the systems that serve it
             ck = open_checkpoint(path, task="chat")
-            index, cfg = open_index(ck), default_decoding(ck)
+            return ck, open_index(ck), default_decoding(ck)
+
+        def answer(source: str, gated: bool, path: str = checkpoint):
+            ck, index, cfg = served(path)
 
             def reply(context: list[str]) -> str:
                 gate = {"min_match": MIN_MATCH, "min_similarity": MIN_SIMILARITY} if gated else \
