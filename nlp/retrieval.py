@@ -85,15 +85,12 @@ class ReplyIndex:
         return len(self.starts) - 1
 
     def text(self, entry: int) -> str:
-        return bytes(self.texts[self.starts[entry]:self.starts[entry + 1]]).decode("utf-8")
+        return _utf8(self.texts, self.starts, entry)
 
     def context(self, entry: int) -> str | None:
         """The training context turn that `entry`'s reply answered (what the message was matched against);
         None for an index built before they were stored."""
-        if self.contexts is None:
-            return None
-        blob, starts = self.contexts
-        return bytes(blob[starts[entry]:starts[entry + 1]]).decode("utf-8")
+        return None if self.contexts is None else _utf8(*self.contexts, entry)
 
     def corpus(self, entry: int) -> str:
         return self.corpora[int(self.corpus_ids[entry])]
@@ -207,6 +204,11 @@ class ReplyIndex:
                     len(contexts[1]) != len(index) + 1 or int(contexts[1][-1]) != len(contexts[0]))):
             raise ReplyIndexError(f"{path}: its arrays disagree with {MANIFEST}; {rebuild}")
         return index
+
+
+def _utf8(blob: np.ndarray, starts: np.ndarray, entry: int) -> str:
+    """Entry `entry` of texts stored back to back as UTF-8 bytes, with their offsets."""
+    return bytes(blob[starts[entry]:starts[entry + 1]]).decode("utf-8")
 
 
 def _sha256(path: Path) -> str:

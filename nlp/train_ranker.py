@@ -26,18 +26,20 @@ from nlp.ranking import Overlap
 from nlp.serve import default_decoding, sentence_cut
 
 
-def hard_candidates(index, rows: list[dict], negatives: int, rng: random.Random, search_k: int = 40) \
-        -> list[list[str]]:
-    """For each row ({"context", "response"}): its own reply first, then `negatives` - 2 replies that the index
-    finds for the training contexts nearest to its last turn (never its own reply's text), then 2 random ones."""
+def hard_candidates(index, rows: list[dict], negatives: int, rng: random.Random, search_k: int = 40,
+                    random_replies: int = 2) -> list[list[str]]:
+    """For each row ({"context", "response"}): its own reply first, then `negatives` - `random_replies` replies
+    that the index finds for the training contexts nearest to its last turn (never its own reply's text), then
+    random ones up to `negatives` in all."""
+    near = negatives - random_replies
     out = []
     for r in rows:
         own = " ".join(r["response"].lower().split())
         hard: list[str] = []
-        for hit in index.search(r["context"][-1], k=search_k):
+        for hit in index.search(r["context"][-1], k=search_k) if near > 0 else []:
             if " ".join(hit.text.lower().split()) != own and hit.text not in hard:
                 hard.append(hit.text)
-            if len(hard) == negatives - 2:
+            if len(hard) == near:
                 break
         while len(hard) < negatives:
             text = index.text(rng.randrange(len(index)))

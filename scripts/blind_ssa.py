@@ -54,6 +54,11 @@ def idk_ok(context: list[str]) -> str:
     return "I don't know." if "?" in context[-1] else "Ok."
 
 
+def conversation(turns: list[str]) -> str:
+    """A context as replies.txt shows it, one turn a line, the last one the user's."""
+    return "\n".join(f"  {'user' if (len(turns) - k) % 2 else 'bot '}: {t}" for k, t in enumerate(turns))
+
+
 def make_systems(names: list[str], checkpoint: str, seed: int, also: dict[str, str] | None = None):
     """name -> function(context turns) -> reply text. `also` adds, per name, the app's default path served from
     another checkpoint (a design compared with the shipped one, say)."""
@@ -81,10 +86,10 @@ def make_systems(names: list[str], checkpoint: str, seed: int, also: dict[str, s
 
         def answer(source: str, gated: bool, path: str = checkpoint):
             ck, index, cfg = served(path)
+            gate = {"min_match": MIN_MATCH, "min_similarity": MIN_SIMILARITY} if gated else \
+                {"min_match": float("-inf"), "min_similarity": float("-inf")}
 
             def reply(context: list[str]) -> str:
-                gate = {"min_match": MIN_MATCH, "min_similarity": MIN_SIMILARITY} if gated else \
-                    {"min_match": float("-inf"), "min_similarity": float("-inf")}
                 r = chat_reply(ck, context, cfg, make_generator(seed), source=source, index=index, **gate)
                 for _ in r.stream:
                     pass
@@ -113,8 +118,7 @@ def collect(a) -> None:
     for n, context in enumerate(contexts, 1):
         replies = [(name, fn(context)) for name, fn in systems.items()]
         rng.shuffle(replies)
-        lines = [f"=== {n}"] + [f"  {'user' if (len(context) - k) % 2 else 'bot '}: {t}"
-                                 for k, t in enumerate(context)]
+        lines = [f"=== {n}", conversation(context)]
         for name, text in replies:
             rid = secrets.token_hex(3)
             key[rid] = name

@@ -23,26 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nlp.ranker import SCALARS, Ranker  # noqa: E402
 from nlp.serve import open_checkpoint, open_index  # noqa: E402
-from nlp.train_ranker import candidate_features, fit, hits_at_1, sample_rows  # noqa: E402
-
-
-def candidates(index, rows: list[dict], near: int, far: int, rng: random.Random) -> list[list[str]]:
-    def norm(t: str) -> str:
-        return " ".join(t.lower().split())
-    out = []
-    for r in rows:
-        own, picked = norm(r["response"]), []
-        for hit in index.search(r["context"][-1], k=60) if near else []:
-            if norm(hit.text) != own and hit.text not in picked:
-                picked.append(hit.text)
-            if len(picked) == near:
-                break
-        while len(picked) < near + far:
-            text = index.text(rng.randrange(len(index)))
-            if norm(text) != own:
-                picked.append(text)
-        out.append([r["response"], *picked])
-    return out
+from nlp.train_ranker import candidate_features, fit, hard_candidates, hits_at_1, sample_rows  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +38,7 @@ def main() -> None:
     val = sample_rows(["chitchat"], "validation", a.val_rows, random.Random(99), 0.5)
     data = {}
     for name, rows, near, far, seed in [("train", train, 5, 4, 1), ("random", val, 0, 19, 2), ("hard", val, 19, 0, 3)]:
-        cands = candidates(index, rows, near, far, random.Random(seed))
+        cands = hard_candidates(index, rows, near + far, random.Random(seed), search_k=60, random_replies=far)
         data[name] = candidate_features(ck, rows, cands, log=None)
 
     def first(scores: torch.Tensor) -> float:

@@ -24,13 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from blind_ssa import read_labels, replies_by_context  # noqa: E402
+from blind_ssa import conversation, read_labels, replies_by_context  # noqa: E402
 
 VALUE = {"sp": 1.0, "s": 0.5, "-": 0.0}  # a reply's share of SSA: (sensible + specific) / 2
-
-
-def conversation(turns: list[str]) -> str:
-    return "\n".join(f"  {'user' if (len(turns) - k) % 2 else 'bot '}: {t}" for k, t in enumerate(turns)).strip()
 
 
 def known_labels(rounds: list[Path]) -> dict[tuple[str, str], str]:
@@ -70,8 +66,8 @@ def main() -> None:
         for _ in reply.stream:
             pass
         best = reply.candidates[0]
-        label = known.get((conversation(turns), best["text"].strip()))
-        plain = known.get((conversation(turns), plain_reply(turns[-1])))
+        label = known.get((conversation(turns).strip(), best["text"].strip()))
+        plain = known.get((conversation(turns).strip(), plain_reply(turns[-1])))
         if label is None or plain is None:
             missing += 1
             continue
