@@ -50,7 +50,7 @@ RANKER_WEIGHTS, RANKER_CONFIG = "ranker.safetensors", "ranker.json"
 OVERLAP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # tried beside the ranker; its scores span a few units
 SCALARS = ("loglik", "prior", "head", "log_length", "top_word_repeats", "distinct_words",
            "soft_reply_to_context", "soft_context_to_reply")
-ROWS = 8  # candidate rows decoded at once when scoring (8 sessions scoring in one server share its memory)
+ROWS = 24  # candidate rows decoded at once when scoring (a server scores one reply at a time: fused_turn)
 BATCH_OUTPUT_ROWS = 1024  # positions through the output layer at once in training and evaluation (~33 MB of logits)
 MAX_REPLY_TOKENS = 60  # candidates are scored on their first 60 tokens (the index keeps replies of <= 30 words)
 
@@ -61,7 +61,7 @@ def _autocast():
 
 @torch.no_grad()
 def features(model, tokenizer, contexts: list[list[int]], replies: list[list[list[int]]], amp: bool = False,
-             output_rows: int = 16) -> Tensor:
+             output_rows: int = 128) -> Tensor:
     """Features (N, len(SCALARS)) of every candidate reply (ids, no BOS/EOS) of every context, in order:
     contexts (C lists of ids), replies[c] the candidates of context c. With amp (training the ranker), the
     frozen model runs in bfloat16 where the CPU has it natively; serving runs it in float32, whose peak memory
@@ -139,11 +139,16 @@ def text_features(text: str) -> list[float]:
 
 
 def _mean_logprob(model, att: Tensor, tgt_out: Tensor, rows: int) -> Tensor:
-    """Teacher-forced mean log-probability a token of each row (the output layer run `rows` positions at a time)."""
+    """Teacher-forced mean log-probability a token of each row. Only the real (not padding) positions go through
+    the output layer, `rows` positions at a time: a group's rows are padded to its longest reply, and the
+    padding was a third of the positions or more."""
     flat, targets = att.reshape(-1, att.shape[-1]), tgt_out.reshape(-1)
-    nll = torch.cat([F.cross_entropy(model.out(flat[i:i + rows]).float(), targets[i:i + rows], ignore_index=PAD,
-                                     reduction="none") for i in range(0, len(flat), rows)]).view_as(tgt_out)
-    return -nll.sum(1) / (tgt_out != PAD).sum(1).clamp(min=1)
+    real = (targets != PAD).nonzero().squeeze(1)
+    flat, targets = flat.index_select(0, real), targets.index_select(0, real)
+    nll = torch.cat([F.cross_entropy(model.out(flat[i:i + rows]).float(), targets[i:i + rows], reduction="none")
+                     for i in range(0, len(flat), rows)]) if len(real) else torch.zeros(0, device=att.device)
+    total = torch.zeros(tgt_out.numel(), device=att.device).index_add_(0, real, nll).view_as(tgt_out)
+    return -total.sum(1) / (tgt_out != PAD).sum(1).clamp(min=1)
 
 
 class Ranker(nn.Module):

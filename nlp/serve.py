@@ -204,7 +204,7 @@ def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: Generat
 
 @torch.no_grad()
 def candidate_scores(ck: Checkpoint, contexts: list[list[int]], candidates: list[list[list[int]]],
-                     overlap: bool = True, batch: int = 24, output_rows: int = 16) -> list[float]:
+                     overlap: bool = True, batch: int = 24, output_rows: int = 128) -> list[float]:
     """The app's score of every candidate reply (ids) of every context, flat and in order: the checkpoint's
     ranker plus its weight of the word overlap, or without a ranker the older nlp.ranking score with the
     checkpoint's tuned weights. overlap=False leaves the overlap term out: the model's part alone.

@@ -304,3 +304,15 @@ def test_a_ranker_reads_the_features_it_was_trained_on_and_older_ones_still_load
     (copy / RANKER_CONFIG).write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="mood"):
         open_checkpoint(copy, task="chat")
+
+
+def test_a_candidates_features_do_not_depend_on_its_batch_or_the_output_layers_chunk(served):
+    from nlp.ranker import features
+
+    ck = open_checkpoint(served, task="chat")
+    replies = [[8, 9], [10], [11, 12, 13, 14, 15, 16, 17], [18, 19, 20]]  # padded to the longest in one batch
+    together = features(ck.model, ck.tokenizer, [[5, 6, 7]], [replies])
+    for i, reply in enumerate(replies):
+        alone = features(ck.model, ck.tokenizer, [[5, 6, 7]], [[reply]], output_rows=3)
+        assert torch.allclose(alone[0], together[i], atol=1e-4)
+    assert not torch.allclose(together[0, :2], together[2, :2])  # the log-likelihoods tell the replies apart

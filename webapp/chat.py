@@ -1,5 +1,7 @@
 """Chat with the attention-augmented LSTM encoder-decoder."""
 
+import time
+
 import streamlit as st
 
 import charts
@@ -14,10 +16,16 @@ from ui import (
     show_plain,
 )
 
+BOX_FIRST_S = 0.1
+
 st.title("Chat")
 # The chat box first (Streamlit pins it to the bottom wherever it is called): on a cold start it shows while the
 # model is still loading, and a message sent meanwhile waits for the load instead of for the page
 prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
+if "chat" not in st.session_state:
+    # A session's first run: a pause that lets the server send the box on its own. Sent in one batch with the
+    # sidebar's sliders, it showed only once the browser had drawn them all, 0.5 s later (bench/cold_start.py)
+    time.sleep(BOX_FIRST_S)
 
 # The library only now (`ui` does not import it): on a cold start torch's import is still under way, and the box
 # above is on its way to the browser meanwhile
