@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from nlp import data as D  # noqa: E402
 from nlp.checkpoint import read_train_log, train_log_file  # noqa: E402
-from nlp.config import TrainConfig  # noqa: E402
+from nlp.config import ChatTrainConfig  # noqa: E402
 from nlp.tasks import ChatTask  # noqa: E402
 from nlp.tokenizer import PAD, Tokenizer  # noqa: E402
 from nlp.train import load_splits  # noqa: E402
@@ -58,8 +58,8 @@ def wall_clock(file: Path) -> tuple[dict[float, float], float]:
 
 def tokens_and_words(config: dict, tok: Tokenizer) -> tuple[int, int, int]:
     """(rows, tokens, words) of a run's validation batches, rebuilt as the run built them."""
-    known = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    known = ChatTrainConfig.__dataclass_fields__  # a config.json written before the per-task configs holds more
+    cfg = ChatTrainConfig(**{k: v for k, v in config.items() if k in known})
     task = ChatTask(cfg, device="cpu")
     task.val_data = task.examples(load_splits(cfg)["validation"], tok, train=False)
     rows = tokens = words = 0

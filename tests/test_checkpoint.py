@@ -57,6 +57,22 @@ def test_a_language_model_saved_under_its_former_names_still_loads(tmp_path, tok
     torch.testing.assert_close(ck.model.log_probs(ck.model(ids)[0]), m.log_probs(m(ids)[0]))
 
 
+def test_a_checkpoint_whose_config_holds_every_tasks_settings_still_serves(tmp_path, trained):
+    """config.json written before the per-task training configs held every task's settings."""
+    import shutil
+
+    from nlp.decoding import GenerationConfig, make_generator
+    from nlp.serve import chat_reply, open_checkpoint
+
+    copy = shutil.copytree(trained["chat"], tmp_path / "chat")
+    config = json.loads((copy / "config.json").read_text())
+    config["train"].update({"bptt": 70, "max_len": 128, "rating_weight": 0.5, "distill_from": ""})
+    (copy / "config.json").write_text(json.dumps(config))
+    ck = open_checkpoint(copy, task="chat")
+    reply = chat_reply(ck, ["hello"], GenerationConfig(max_new_tokens=5), make_generator(0))
+    assert isinstance("".join(reply.stream), str)
+
+
 def test_half_precision_halves_the_file_and_loads_as_float32(tmp_path, tokenizer):
     m = Seq2Seq(Seq2SeqConfig(vocab_size=tokenizer.vocab_size, emb_dim=16, enc_hidden=16, dec_hidden=32)).eval()
     save_checkpoint(tmp_path / "full", m, tokenizer)

@@ -220,23 +220,30 @@ def trained_models(trained):
 EDGES = ["0", "-1", "-5", "1e12", "99999999999", "nan", "inf", "-inf", "0.5", "1", "x"]
 
 
-def numeric_train_settings() -> list[str]:
+def numeric_train_settings() -> list[tuple[str, str]]:
+    """(task, setting) for every numeric setting of every task's training config."""
     import dataclasses
     import typing
 
-    from nlp.config import TrainConfig
-    hints = typing.get_type_hints(TrainConfig)
-    return [f.name for f in dataclasses.fields(TrainConfig) if hints[f.name] in (int, float)]
+    from nlp.config import TASK_CONFIGS
+    out, seen = [], set()  # a setting every task has is tried once, with the first task
+    for task, cls in TASK_CONFIGS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float) and f.name not in seen:
+                seen.add(f.name)
+                out.append((task, f.name))
+    return out
 
 
-@pytest.mark.parametrize("name", numeric_train_settings())
-def test_every_numeric_training_setting_at_its_edges_is_checked_or_refused_in_one_line(capsys, name):
+@pytest.mark.parametrize("task,name", numeric_train_settings())
+def test_every_numeric_training_setting_at_its_edges_is_checked_or_refused_in_one_line(capsys, task, name):
     from nlp.config import LIMITS, check_train_config, resolve_config
 
     assert name in LIMITS, f"{name} has no range in nlp.config.LIMITS"
     for value in EDGES:
         try:
-            cfg = resolve_config(["--task", "sentiment", f"--{name.replace('_', '-')}", value])
+            cfg = resolve_config(["--task", task, f"--{name.replace('_', '-')}", value])
         except ConfigError as e:
             assert name.replace("_", "-") in str(e) and "\n" not in str(e)
             continue

@@ -178,6 +178,33 @@ def test_config_file_and_overrides(tmp_path):
         resolve_config(["--config", str(toml)])
 
 
+def test_each_task_has_a_config_of_its_own_settings_and_another_tasks_setting_is_refused(tmp_path, capsys, trained):
+    import dataclasses
+
+    from nlp.config import TASK_CONFIGS, TrainConfig, own_fields
+    from nlp.tasks import TASKS
+
+    assert set(TASK_CONFIGS) == set(TASKS)
+    owned = [f.name for cls in TASK_CONFIGS.values() for f in own_fields(cls)]
+    assert len(owned) == len(set(owned)) and not set(owned) & {f.name for f in dataclasses.fields(TrainConfig)}
+    chat = dataclasses.asdict(resolve_config(["--task", "chat", "--context-turns", "2"]))
+    assert chat["context_turns"] == 2 and "rating_weight" not in chat and "bptt" not in chat
+    with pytest.raises(SystemExit) as e:
+        resolve_config(["--task", "chat", "--rating-weight", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rating-weight is a setting of task sentiment, not of chat" in err
+    toml = tmp_path / "c.toml"
+    toml.write_text('task = "lm"\nmax_src_len = 64\n')
+    with pytest.raises(SystemExit):
+        resolve_config(["--config", str(toml)])
+    assert "max_src_len is a setting of task chat, not of lm" in capsys.readouterr().err
+    # what a run writes: its task's settings only
+    for task, folder in trained.items():
+        written = set(json.loads((folder / "config.json").read_text())["train"])
+        assert written == {f.name for f in dataclasses.fields(TASK_CONFIGS[task])} - {"model"}, task
+
+
 def test_wrong_corpus_for_the_task_is_a_clear_error(tokenizer):
     from nlp.corpora import CorpusError
 
