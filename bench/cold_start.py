@@ -186,7 +186,8 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     save("cold_start" if a.baseline == BASELINE else f"cold_start_vs_{a.baseline}", {
-        "machine": machine(), "checkpoints": str(given) if given else "each tree's own", "repeats": a.repeats, "message": MESSAGE,
+        "machine": machine(), "checkpoints": str(given) if given else "each tree's own", "repeats": a.repeats,
+        "message": MESSAGE,
         "what": "seconds from spawning the Procfile command (browser already open) to each mark, median",
         "procfile_start_to_first_reply_s": {name: medians(runs) for name, runs in replies.items()},
         "nlp_help_s": {name: round(statistics.median(v), 3) for name, v in helps.items()},

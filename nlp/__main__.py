@@ -91,30 +91,37 @@ def main(argv: list[str] | None = None) -> int:
     return _guard(lambda: a.fn(a))
 
 
+def command(sub, name: str, fn, checkpoint: str | None = None, **kw) -> argparse.ArgumentParser:
+    """Subcommand `name`, run by `fn`; with `checkpoint` (the kind of model, "" for any) it requires
+    --checkpoint, the folder of a trained model."""
+    s = sub.add_parser(name, **kw)
+    if checkpoint is not None:
+        s.add_argument("--checkpoint", required=True, help=f"{checkpoint} checkpoint folder".lstrip())
+    s.set_defaults(fn=fn)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m nlp", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m nlp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("corpora", help="list the named corpora, or show one's splits and examples")
+    c = command(sub, "corpora", cmd_corpora, help="list the named corpora, or show one's splits and examples")
     c.add_argument("action", choices=["list", "show"])
     c.add_argument("name", nargs="?", help="corpus name, hf:NAME or a file (for show)")
     c.add_argument("--n", type=at_least(1), default=3, help="examples to print")
     c.add_argument("--json", action="store_true", help="print JSON")
-    c.set_defaults(fn=cmd_corpora)
 
-    t = sub.add_parser("tokenizer", help="train the SentencePiece tokenizer")
+    t = command(sub, "tokenizer", cmd_tokenizer, help="train the SentencePiece tokenizer")
     t.add_argument("action", choices=["train"])
     t.add_argument("--corpus", action="append", required=True, help="a corpus to learn from (repeatable)")
     t.add_argument("--vocab-size", type=at_least(8), default=8000, help="number of pieces (default 8000)")
     t.add_argument("--input-sentence-size", type=at_least(1), default=2_000_000, help="sentences sampled for training")
     t.add_argument("--out", required=True, help="where to write tokenizer.model")
-    t.set_defaults(fn=cmd_tokenizer)
 
     sub.add_parser("train", help="train a model (python -m nlp train --help)")
 
-    e = sub.add_parser("eval", help="metrics and baselines of a checkpoint on a corpus split")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    e = command(sub, "eval", cmd_eval, checkpoint="", help="metrics and baselines of a checkpoint on a corpus "
+                "split")
     e.add_argument("--corpus", required=True, help="corpus name, hf:NAME or file")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split")
     e.add_argument("--max-examples", type=at_least(0), default=0, help="evaluate on this many rows (0 = all)")
@@ -125,37 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tag", default="", help="with --record: store it as CORPUS:SPLIT:TAG (e.g. the decoding), "
                    "beside the untagged one")
     add_generation_args(e)
-    e.set_defaults(fn=cmd_eval)
 
-    tc = sub.add_parser("tune-chat", help="choose a chat checkpoint's ranking weights, temperature and candidate "
-                        "count on validation data")
-    tc.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    tc = command(sub, "tune-chat", cmd_tune_chat, checkpoint="chat", help="choose a chat checkpoint's ranking "
+                 "weights, temperature and candidate count on validation data")
     tc.add_argument("--corpus", default="chitchat", help="dialogue corpus (default chitchat)")
     tc.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")
     tc.add_argument("--max-examples", type=at_least(2), default=1000, help="rows for Hits@1 (default 1000)")
     tc.add_argument("--seed", type=int, default=0, help="seed for the row sample and the candidates")
     tc.add_argument("--write", action="store_true", help="store the choice as the checkpoint's default decoding")
-    tc.set_defaults(fn=cmd_tune_chat)
 
-    ts = sub.add_parser("tune-sentiment", help="choose when a sentiment checkpoint says 'neutral / mixed', on "
-                        "validation data")
-    ts.add_argument("--checkpoint", required=True, help="sentiment checkpoint folder")
+    ts = command(sub, "tune-sentiment", cmd_tune_sentiment, checkpoint="sentiment", help="choose when a "
+                 "sentiment checkpoint says 'neutral / mixed', on validation data")
     ts.add_argument("--corpus", nargs="+", default=["vader-movies", "vader-tweets", "vader-amazon", "vader-nyt"],
                     help="rated corpora, pooled (default: the four VADER domains)")
     ts.add_argument("--split", default="validation", choices=["train", "validation"], help="never test")
     ts.add_argument("--write", action="store_true", help="store the rule in the checkpoint's config.json")
-    ts.set_defaults(fn=cmd_tune_sentiment)
 
-    ix = sub.add_parser("index", help="build a chat checkpoint's reply index: the training replies, found by the "
-                        "contexts they answered (CHECKPOINT/index)")
-    ix.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    ix = command(sub, "index", cmd_index, checkpoint="chat", help="build a chat checkpoint's reply index: the "
+                 "training replies, found by the contexts they answered (CHECKPOINT/index)")
     ix.add_argument("--corpus", action="append", help="a dialogue corpus to index (repeatable; default: the "
                     "corpora the model was trained on)")
-    ix.set_defaults(fn=cmd_index)
 
-    tr = sub.add_parser("train-ranker", help="train a chat checkpoint's ranker against hard candidates (the "
-                        "replies of similar training contexts); needs its reply index")
-    tr.add_argument("--checkpoint", required=True, help="chat checkpoint folder")
+    tr = command(sub, "train-ranker", cmd_train_ranker, checkpoint="chat", help="train a chat checkpoint's "
+                 "ranker against hard candidates (the replies of similar training contexts); needs its reply index")
     tr.add_argument("--corpus", action="append", help="dialogue corpora of the training rows (default: the "
                     "index's)")
     tr.add_argument("--rows", type=at_least(10), default=4000, help="training rows (default 4000)")
@@ -170,22 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "first turn, as most of the app's replies do (default 0.5)")
     tr.add_argument("--epochs", type=at_least(1), default=30, help="passes over the features (default 30)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the rows, distractors and initialisation")
-    tr.set_defaults(fn=cmd_train_ranker)
 
-    ps = sub.add_parser("probe-sentiment", help="accuracy on negated and contrastive phrases "
-                        "(scripts/sentiment_probe.jsonl) or on another probe file, such as the plain statements "
-                        "of scripts/sentiment_neutral_probe.jsonl")
-    ps.add_argument("--checkpoint", required=True, help="sentiment checkpoint folder")
+    ps = command(sub, "probe-sentiment", cmd_probe_sentiment, checkpoint="sentiment", help="accuracy on negated "
+                 "and contrastive phrases (scripts/sentiment_probe.jsonl) or on another probe file, such as the "
+                 "plain statements of scripts/sentiment_neutral_probe.jsonl")
     ps.add_argument("--file", help="another probe file: jsonl rows with text, label (1, 0 or \"neutral\") and "
                     "kind")
     ps.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    ps.set_defaults(fn=cmd_probe_sentiment)
 
     for name, fn, helptext in [("generate", cmd_generate, "continue a prompt with the language model"),
                                ("chat", cmd_chat, "talk to the chat model (reads lines from stdin)"),
                                ("sentiment", cmd_sentiment, "classify texts with the sentiment model")]:
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("--checkpoint", required=True, help="checkpoint folder")
+        s = command(sub, name, fn, checkpoint="", help=helptext)
         s.add_argument("--impl", choices=["fused", "cells"], default=None,
                        help="run on the fused LSTM (default) or on the cells written from the equations")
         if name == "generate":
@@ -206,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="one JSON object a line, with attention")
         else:
             add_generation_args(s)
-        s.set_defaults(fn=fn)
     return p
 
 
