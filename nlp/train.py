@@ -1,4 +1,5 @@
-"""One Trainer for every task (nlp/tasks.py): the loop, the optimizer and schedule, evaluation, checkpoints, resume.
+"""One Trainer for every task (nlp/tasks.py): the loop, evaluation, checkpoints, resume (optimizer and schedule:
+nlp/optim.py).
 
     python -m nlp train --config configs/lm.toml                   # the shipped recipe
     python -m nlp train --config configs/lm.toml --lr 1e-3 --model.hidden_size 200 --max-steps 100
@@ -32,6 +33,7 @@ from nlp import train_state
 from nlp.config import TrainConfig, resolve_config
 from nlp.corpora import corpus_texts, load_corpus, source_of, task_of
 from nlp.errors import CheckpointError, ConfigError, CorpusError, TrainingError
+from nlp.optim import build_optimizer, build_schedule, steps_every_batch, steps_on_plateau
 from nlp.runtime import Runtime, StopRequests, seed_everything
 from nlp.tasks import TASKS
 from nlp.tokenizer import Tokenizer, train_tokenizer
@@ -81,7 +83,28 @@ class Progress:
     nonfinite_run: int = 0                # ... in a row, up to now
 
 
+@dataclass
+class Window:
+    """The training loss and speed over the steps since the previous log line (time spent in steps only)."""
+    loss_sum: float = 0.0
+    items: float = 0.0
+    busy: float = 0.0
+
+    def add(self, loss: float, items: float, seconds: float) -> None:
+        self.loss_sum, self.items, self.busy = self.loss_sum + loss * items, self.items + items, self.busy + seconds
+
+    def take(self) -> dict:
+        """The window's train_loss and items_per_s; the window starts again."""
+        out = {"train_loss": self.loss_sum / max(self.items, 1), "items_per_s": self.items / max(self.busy, 1e-9)}
+        self.loss_sum = self.items = self.busy = 0.0
+        return out
+
+
 class Trainer:
+    """Trains the model of `cfg.task` through the task interface (nlp/tasks.py: batches, loss, validation): set up
+    (tokenizer, model, optimizer, schedule, a resumed state), then `fit` runs the epochs; `train_step` is one
+    update, `after_eval` keeps the best checkpoint and drives the plateau schedule and early stopping."""
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         if cfg.task not in TASKS:
@@ -103,7 +126,7 @@ class Trainer:
         if self.rank:  # DDP gives every rank rank 0's weights; dropout should differ between ranks
             torch.manual_seed(cfg.seed + self.rank)
         self.net = self.rt.wrap(self.model)
-        self.opt = self._optimizer()
+        self.opt = build_optimizer(self.model, cfg, self.pretrained)
         self.steps_per_epoch = len(self.task.epoch_batches(0))
         saved = self._saved_state() if cfg.resume else None
         # the schedule's length is fixed when a run starts: a resumed run keeps it, whatever --max-steps says now
@@ -113,7 +136,7 @@ class Trainer:
                 print(f"the learning-rate schedule keeps the length this run started with ({saved[0]['horizon']} "
                       f"steps; these settings would give {self.horizon})", file=sys.stderr)
             self.horizon = saved[0]["horizon"]
-        self.sched = self._scheduler()
+        self.sched = build_schedule(self.opt, cfg, self.horizon)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
         self.p = Progress()
         self.carry = None  # the recurrent state carried from batch to batch (tasks that carry one)
@@ -173,42 +196,9 @@ class Trainer:
         self.pretrained = set(taken)
         self.log({"event": "init_from", "path": str(path), "tensors": taken})
 
-    def _optimizer(self):
-        """One parameter group, or two under init_lr_scale: the new weights at lr, the copied ones at
-        lr * init_lr_scale (ULMFiT: pretrained layers move slower, so fine-tuning keeps what they learned).
-        The schedule scales every group alike."""
-        c = self.cfg
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        copied = [p for n, p in named if n in self.pretrained]
-        params = [p for _, p in named]
-        if c.init_lr_scale != 1.0 and copied:
-            params = [{"params": [p for n, p in named if n not in self.pretrained]},
-                      {"params": copied, "lr": c.lr * c.init_lr_scale}]
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        raise ConfigError(f"optimizer must be adamw or sgd, got {c.optimizer!r}")
-
     def total_steps(self) -> int:
         total = self.steps_per_epoch * self.cfg.epochs
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
-
-    def _scheduler(self):
-        c = self.cfg
-        if c.schedule == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=c.plateau_factor, patience=0)
-        if c.schedule == "constant":
-            return None
-        if c.schedule != "cosine":
-            raise ConfigError(f"schedule must be cosine, plateau or constant, got {c.schedule!r}")
-        total, warm = max(1, self.horizon), c.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        return torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
 
     @property
     def amp_dtype(self):
@@ -243,7 +233,7 @@ class Trainer:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, norm)
             self.scaler.step(self.opt)
         self.scaler.update()
-        if isinstance(self.sched, torch.optim.lr_scheduler.LambdaLR):
+        if steps_every_batch(self.sched):
             self.sched.step()
         return (0.0, 0.0) if bad else (float(loss.detach()), float(n))
 
@@ -273,28 +263,10 @@ class Trainer:
 
     def save_resume(self):
         """The resume state; a collective call (every rank sends its carried state and RNG to rank 0)."""
-        carries, rngs = self._gather_carry(), self._gather_rng()
+        carries, rngs = train_state.gather_carries(self.rt, self.carry), train_state.gather_rng_states(self.rt)
         if self.main:
             train_state.save(self.out / "resume", self.model, self.opt, self.sched, self.scaler,
                              {**asdict(self.p), "horizon": self.horizon}, carries, rngs)
-
-    def _gather_carry(self) -> list:
-        """Each rank's carried state (tensors of equal shape on every rank), on rank 0."""
-        if self.world == 1:
-            return [self.carry]
-        flat, kind = train_state.flatten_carry(self.carry)
-        gathered = [self.rt.gather(t) for t in flat]  # per tensor: every rank's
-        return [train_state.unflatten_carry([g[r] for g in gathered], kind) for r in range(self.world)]
-
-    def _gather_rng(self) -> list[dict]:
-        """Ranks 1..'s torch RNG states (the CPU's, and on a GPU its own device's), on rank 0."""
-        if self.world == 1:
-            return []
-        mine = {"rng.torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            mine["rng.cuda_own"] = torch.cuda.get_rng_state(self.device)
-        gathered = {name: self.rt.gather(t) for name, t in mine.items()}
-        return [{name: g[r] for name, g in gathered.items()} for r in range(1, self.world)]
 
     def after_eval(self, metrics: dict, scheduled: bool = True):
         """Log; keep the checkpoint if this is the best so far (with keep = "last": at every evaluation).
@@ -309,7 +281,7 @@ class Trainer:
                 ckpt.save_checkpoint(self.out, self.model, self.tok, self.provenance(loss), half=self.cfg.half)
         if not scheduled:
             return
-        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if steps_on_plateau(self.sched):
             self.sched.step(loss)
         if loss < self.p.patience_best:
             self.p.patience_best, self.p.bad_evals = loss, 0
@@ -320,55 +292,17 @@ class Trainer:
 
     # the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train until the epochs are done or a stop (a budget, a signal, early stopping, failing steps); keep
+        the checkpoint and the resume state; -> what the run did."""
         cfg, p = self.cfg, self.p
-        max_steps = 3 if cfg.dry_run else cfg.max_steps
-        deadline = time.time() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         self.log({"event": "start", "step": p.step, "config": asdict(cfg), "world_size": self.world,
                   "device": str(self.device), "parameters": sum(q.numel() for q in self.model.parameters()),
                   "steps_per_epoch": self.steps_per_epoch, "schedule_steps": self.horizon})
         self.model.train()
-        # train_loss and items_per_s in the log cover the steps since the previous log line (time in steps only)
-        busy, items, since = 0.0, 0.0, 0.0
-        bar = tqdm(total=max_steps or self.total_steps(), initial=p.step, disable=not self.main,
-                   desc=f"train {cfg.task}", dynamic_ncols=True)
         failed, refused = "", False
         with StopRequests(announce=self.main) as requests:
             try:
-                while p.epoch < cfg.epochs:
-                    batches = self.task.epoch_batches(p.epoch)
-                    while p.pos < len(batches):
-                        t = time.perf_counter()
-                        loss, n = self.train_step(batches[p.pos])
-                        p.pos += 1
-                        p.step += 1
-                        items, since = items + n, since + loss * n
-                        busy += time.perf_counter() - t
-                        bar.update(1)
-                        if p.step % cfg.log_every == 0 or p.step == 1:
-                            self.log({"step": p.step, "epoch": p.epoch, "train_loss": since / max(items, 1),
-                                      "lr": self.opt.param_groups[0]["lr"], "items_per_s": items / max(busy, 1e-9),
-                                      **({"nonfinite_steps": p.nonfinite} if p.nonfinite else {})})
-                            bar.set_postfix(loss=f"{since / max(items, 1):.3f}")
-                            busy, items, since = 0.0, 0.0, 0.0
-                        if p.nonfinite_run >= cfg.max_nonfinite:
-                            raise Stop(f"the loss or its gradient was not finite for {p.nonfinite_run} steps in a "
-                                       f"row (to step {p.step})")
-                        if cfg.eval_every and p.step % cfg.eval_every == 0:
-                            self.after_eval(self.evaluate())
-                        if cfg.save_every and p.step % cfg.save_every == 0:
-                            self.save_resume()  # so even a hard kill loses at most save_every steps
-                        # every rank stops at the same step, or the others would wait for it forever
-                        signalled, late = self.rt.agree(bool(requests.signal), time.time() > deadline)
-                        if signalled:
-                            raise Stop(requests.reason or "stopped by a signal to another process")
-                        if max_steps and p.step >= max_steps:
-                            raise Stop(f"reached max_steps={max_steps}")
-                        if late:
-                            raise Stop(f"reached max_minutes={cfg.max_minutes}")
-                    p.epoch, p.pos, self.carry = p.epoch + 1, 0, None
-                    if not cfg.eval_every:
-                        self.after_eval(self.evaluate())
-                    self.save_resume()
+                self._epochs(requests)
                 self.stop_reason = f"finished {cfg.epochs} epochs"
                 if cfg.eval_every and p.step % cfg.eval_every:  # the steps since the last evaluation count too
                     self.after_eval(self.evaluate(), scheduled=False)
@@ -381,8 +315,6 @@ class Trainer:
             except (TrainingError, CheckpointError) as e:  # a save found non-finite weights and wrote nothing
                 self.stop_reason = failed = str(e)
                 refused = True
-            finally:
-                bar.close()
         if not refused:
             try:
                 self.save_resume()
@@ -394,6 +326,53 @@ class Trainer:
             raise TrainingError(f"{failed}. The last finite state saved in {self.out / 'resume'} is kept: lower "
                                 f"--lr or raise --warmup-steps, and --resume (or start again)")
         return {"step": p.step, "reason": self.stop_reason, "best_val_loss": p.best, "out": str(self.out)}
+
+    def _epochs(self, requests: StopRequests) -> None:
+        """The remaining epochs, batch by batch from where the run stands; evaluates and saves on schedule and
+        raises Stop when the run must end early."""
+        cfg, p = self.cfg, self.p
+        max_steps = 3 if cfg.dry_run else cfg.max_steps
+        deadline = time.time() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        window = Window()
+        with tqdm(total=max_steps or self.total_steps(), initial=p.step, disable=not self.main,
+                  desc=f"train {cfg.task}", dynamic_ncols=True) as bar:
+            while p.epoch < cfg.epochs:
+                batches = self.task.epoch_batches(p.epoch)
+                while p.pos < len(batches):
+                    start = time.perf_counter()
+                    loss, n = self.train_step(batches[p.pos])
+                    window.add(loss, n, time.perf_counter() - start)
+                    p.pos, p.step = p.pos + 1, p.step + 1
+                    bar.update(1)
+                    if p.step % cfg.log_every == 0 or p.step == 1:
+                        since = window.take()
+                        self.log({"step": p.step, "epoch": p.epoch, **since, "lr": self.opt.param_groups[0]["lr"],
+                                  **({"nonfinite_steps": p.nonfinite} if p.nonfinite else {})})
+                        bar.set_postfix(loss=f"{since['train_loss']:.3f}")
+                    self._on_schedule(requests, deadline, max_steps)
+                p.epoch, p.pos, self.carry = p.epoch + 1, 0, None
+                if not cfg.eval_every:
+                    self.after_eval(self.evaluate())
+                self.save_resume()
+
+    def _on_schedule(self, requests: StopRequests, deadline: float, max_steps: int) -> None:
+        """After a step: stop on failing steps, evaluate and save when due, stop on a signal or a budget."""
+        cfg, p = self.cfg, self.p
+        if p.nonfinite_run >= cfg.max_nonfinite:
+            raise Stop(f"the loss or its gradient was not finite for {p.nonfinite_run} steps in a row (to step "
+                       f"{p.step})")
+        if cfg.eval_every and p.step % cfg.eval_every == 0:
+            self.after_eval(self.evaluate())
+        if cfg.save_every and p.step % cfg.save_every == 0:
+            self.save_resume()  # so even a hard kill loses at most save_every steps
+        # every rank stops at the same step, or the others would wait for it forever
+        signalled, late = self.rt.agree(bool(requests.signal), time.time() > deadline)
+        if signalled:
+            raise Stop(requests.reason or "stopped by a signal to another process")
+        if max_steps and p.step >= max_steps:
+            raise Stop(f"reached max_steps={max_steps}")
+        if late:
+            raise Stop(f"reached max_minutes={cfg.max_minutes}")
 
     def ensure_checkpoint(self):
         """A run stopped before its first evaluation still leaves a loadable checkpoint."""

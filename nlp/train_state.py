@@ -69,6 +69,27 @@ def unflatten_carry(tensors: list[torch.Tensor], kind: str | None):
     return tensors[0] if kind == "tensor" else tuple(tensors)
 
 
+def gather_carries(rt, carry) -> list:
+    """Each rank's carried state (tensors of equal shape on every rank), on rank 0 (`rt`: nlp.runtime.Runtime;
+    a collective call under DDP)."""
+    if rt.world == 1:
+        return [carry]
+    flat, kind = flatten_carry(carry)
+    gathered = [rt.gather(t) for t in flat]  # per tensor: every rank's
+    return [unflatten_carry([g[r] for g in gathered], kind) for r in range(rt.world)]
+
+
+def gather_rng_states(rt) -> list[dict]:
+    """Ranks 1..'s torch RNG states (the CPU's, and on a GPU its own device's), on rank 0 (a collective call)."""
+    if rt.world == 1:
+        return []
+    mine = {"rng.torch": torch.get_rng_state()}
+    if rt.device.type == "cuda":
+        mine["rng.cuda_own"] = torch.cuda.get_rng_state(rt.device)
+    gathered = {name: rt.gather(t) for name, t in mine.items()}
+    return [{name: g[r] for name, g in gathered.items()} for r in range(1, rt.world)]
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     """This process's RNG streams: torch's (CPU and each GPU) as tensors; Python's and NumPy's as JSON."""
     tensors = {"rng.torch": torch.get_rng_state()}

@@ -492,3 +492,23 @@ def test_a_resumed_run_keeps_its_learning_rate_schedule(tmp_path, tokenizer, cap
     assert [r["schedule_steps"] for r in log_of(out) if r.get("event") == "start"] == [6, 6]
     lrs = {r["step"]: r["lr"] for r in log_of(out) if "lr" in r}
     assert lrs[3] > lrs[5] > 0 and lrs[7] == lrs[8] == 0.0  # past its end the cosine stays at 0
+
+
+def test_the_cosine_schedule_warms_up_linearly_then_decays_to_zero_at_its_horizon():
+    from nlp.optim import build_optimizer, build_schedule
+
+    cfg = resolve_config(["--task", "lm", "--lr", "1.0", "--warmup-steps", "4", "--schedule", "cosine"])
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, cfg)
+    sched = build_schedule(opt, cfg, horizon=14)
+    rates = []
+    for _ in range(14):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert rates[4] == pytest.approx(1.0) and rates[9] == pytest.approx(0.5, abs=0.03)
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:])) and opt.param_groups[0]["lr"] == pytest.approx(0.0)
+    two = build_optimizer(model, resolve_config(["--task", "lm", "--lr", "1.0", "--init-lr-scale", "0.1"]),
+                          pretrained={"weight"})
+    assert [g["lr"] for g in two.param_groups] == [1.0, pytest.approx(0.1)]
