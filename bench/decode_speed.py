@@ -121,12 +121,14 @@ def main() -> None:
 
     def whole_vocabulary():
         """The sampling loop before issue 13's work on it: each step adjusts the scores from the whole
-        history (`adjust`), filters the whole vocabulary (a sort for top-p) and races every token."""
+        history (a fresh ScoreAdjuster each step), filters the whole vocabulary (a sort for top-p) and races
+        every token."""
         generator = decoding.make_generator(0)
         log_probs, state = decoding.prime(m, prompt)
         history = list(prompt)
         for step in range(a.tokens):
-            probs = torch.softmax(decoding.filter_scores(decoding.adjust(log_probs, [history], cfg, step), cfg), -1)
+            adjusted = decoding.ScoreAdjuster(cfg, [history], log_probs.shape[1], log_probs.device, step)(log_probs)
+            probs = torch.softmax(decoding.filter_scores(adjusted, cfg), -1)
             q = torch.empty_like(probs).exponential_(1, generator=generator)
             history.append(int((probs / q).argmax(-1)[0]))
             log_probs, state = m.step(torch.tensor(history[-1:]), state)

@@ -125,11 +125,6 @@ def _next_bans(history: list[int], follow: dict[tuple[int, ...], set[int]], n: i
     return follow.get(tuple(history[len(history) - n + 1:]), set())
 
 
-def banned_ngram_tokens(history: list[int], n: int) -> set[int]:
-    """Tokens that would complete an n-gram already present in history."""
-    return set(_next_bans(history, _follow_map(history, n), n)) if n >= 1 else set()
-
-
 class ScoreAdjuster:
     """Minimum length, banned ids, repetition penalty and n-gram bans on log-probs (K, V), one row per
     sequence being decoded (one for `sample_tokens`, the candidates of sample-and-rank, the beams).
@@ -205,12 +200,6 @@ class ScoreAdjuster:
         if self.penalty is not None and self.log_penalty and seen:
             self.penalty[seen, [tokens[r] for r in seen]] = self.log_penalty
         self.generated += 1
-
-
-def adjust(scores: Tensor, histories: list[list[int]], cfg: GenerationConfig, generated: int) -> Tensor:
-    """`ScoreAdjuster` at one step: (K, V) log-probs adjusted for one history per row, `generated` tokens
-    out so far."""
-    return ScoreAdjuster(cfg, histories, scores.shape[1], scores.device, generated)(scores)
 
 
 def filter_scores(scores: Tensor, cfg: GenerationConfig) -> Tensor:

@@ -91,3 +91,22 @@ def served_chat(trained, tmp_path_factory):
     assert main(["train-ranker", "--checkpoint", str(folder), "--corpus", str(CHAT), "--val-corpus", str(CHAT),
                  "--rows", "60", "--val-rows", "20", "--distractors", "4", "--generated", "3", "--epochs", "3"]) == 0
     return folder
+
+
+def adjust(scores, histories, cfg, generated):
+    """nlp.decoding.ScoreAdjuster at one step, from whole histories: the definition the decoding loops keep up to
+    date token by token, and what the tests compare them with."""
+    from nlp.decoding import ScoreAdjuster
+
+    return ScoreAdjuster(cfg, histories, scores.shape[1], scores.device, generated)(scores)
+
+
+def banned_ngram_tokens(history, n, vocab=64):
+    """The tokens ScoreAdjuster bans after `history` for repeating an n-gram (n >= 1)."""
+    import torch
+
+    from nlp.decoding import GenerationConfig
+
+    cfg = GenerationConfig(no_repeat_ngram_size=n, min_new_tokens=0)
+    out = adjust(torch.zeros(1, vocab), [history], cfg, generated=len(history))
+    return set(torch.isinf(out[0]).nonzero().flatten().tolist())

@@ -7,7 +7,6 @@ from nlp.beam import beam_search
 from nlp.decoding import (
     GenerationConfig,
     GenerationError,
-    banned_ngram_tokens,
     choose,
     filter_scores,
     make_generator,
@@ -16,6 +15,7 @@ from nlp.decoding import (
 )
 from nlp.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
 from nlp.tokenizer import EOS, decode_text, stream_text
+from tests.conftest import adjust, banned_ngram_tokens
 
 V = 60
 
@@ -93,7 +93,6 @@ def test_repetition_penalty_divides_the_probability_of_seen_tokens(lm):
     penalised = run(lm, strategy="greedy", repetition_penalty=1e9)
     assert len(set(penalised)) == len(penalised) and not set(penalised) & set(PROMPT)
     # and a mild one lowers a seen token's log-probability by exactly log(penalty)
-    from nlp.decoding import adjust
     scores = torch.log_softmax(torch.randn(1, V), -1)
     out = adjust(scores, [[3, 5]], GenerationConfig(repetition_penalty=2.0), generated=2)
     torch.testing.assert_close(out[0, [3, 5]], scores[0, [3, 5]] - torch.log(torch.tensor(2.0)))
@@ -142,7 +141,6 @@ def _reference_bans(history: list[int], n: int) -> set[int]:
 def test_vectorised_adjust_matches_the_row_by_row_definition():
     """Rows of different lengths (finished replies stop growing) in one batch, a tiny vocabulary so that
     repeats and n-gram hits are common."""
-    from nlp.decoding import adjust
     gen = torch.Generator().manual_seed(0)
     for trial in range(200):
         K, n = 1 + trial % 7, 1 + trial % 4
@@ -162,7 +160,7 @@ def test_vectorised_adjust_matches_the_row_by_row_definition():
 def test_adjusting_token_by_token_matches_adjusting_from_the_whole_history():
     """The decoding loops keep the bans up to date as rows grow, finish (rows leave) and split (beam search
     continues a row twice); at every step the result equals `adjust` computed afresh from the histories."""
-    from nlp.decoding import ScoreAdjuster, adjust
+    from nlp.decoding import ScoreAdjuster
     gen = torch.Generator().manual_seed(0)
     for trial in range(40):
         cfg = GenerationConfig(repetition_penalty=(1.0, 1.5, 0.7)[trial % 3], no_repeat_ngram_size=trial % 4,

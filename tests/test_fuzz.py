@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from nlp.__main__ import build_parser, main
 from nlp.augment import augment, negate
-from nlp.decoding import GenerationConfig, adjust, choose, filter_scores, make_generator
+from nlp.decoding import GenerationConfig, choose, filter_scores, make_generator
 from nlp.errors import CheckpointError, ConfigError, CorpusError, GenerationError, TokenizerError
+from tests.conftest import adjust
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 USER_ERRORS = (CorpusError, CheckpointError, TokenizerError, GenerationError, ConfigError)
