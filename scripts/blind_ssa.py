@@ -3,6 +3,7 @@
     python scripts/blind_ssa.py collect --out docs/ssa/round-1          # replies of every system, shuffled
     (a person labels docs/ssa/round-1/labels.txt without opening key.json)
     python scripts/blind_ssa.py score docs/ssa/round-1 --labelled-by "..."   # -> docs/ssa.json
+    python scripts/blind_ssa.py compare docs/ssa/round-3 app_default idk_ok_bot   # paired, with an interval
 
 `collect` answers each context of scripts/ssa_contexts.jsonl (everyday openings and 2-5 turn conversations
 written for this purpose, none taken from the corpora) with every system, then writes
@@ -32,6 +33,7 @@ import random
 import re
 import secrets
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +175,29 @@ def score(a) -> None:
               f"SSA {row['ssa']:.3f}")
 
 
+def compare(a) -> None:
+    """`compare`: system A against system B on the same contexts of a labelled round: the mean paired
+    difference of their replies' SSA shares ((sensible + specific) / 2 per reply), a 95% bootstrap interval
+    over the contexts (seeded), and the label pairs where the two replies differ."""
+    folder = Path(a.folder)
+    key = json.loads((folder / "key.json").read_text())["key"]
+    labels = read_labels(folder / "labels.txt")
+    pairs: dict[str, dict[str, tuple[str, str]]] = {}
+    for rid, (context, text) in replies_by_context(folder).items():
+        pairs.setdefault(context, {})[key[rid]] = (text, labels[rid])
+    value = {"sp": 1.0, "s": 0.5, "-": 0.0}
+    both = [p for p in pairs.values() if a.a in p and a.b in p]
+    diff = [value[p[a.a][1]] - value[p[a.b][1]] for p in both]
+    rng = random.Random(a.seed)
+    means = sorted(sum(rng.choices(diff, k=len(diff))) / len(diff) for _ in range(a.resamples))
+    low, high = means[int(0.025 * a.resamples)], means[int(0.975 * a.resamples) - 1]
+    print(f"{a.a} - {a.b} on {len(diff)} contexts: {sum(diff) / len(diff):+.3f} "
+          f"(95% bootstrap interval {low:+.3f} to {high:+.3f}; {a.resamples} resamples)")
+    differ = Counter((p[a.a][1], p[a.b][1]) for p in both if p[a.a][0] != p[a.b][0])
+    print(f"replies that differ: {sum(differ.values())}; label pairs ({a.a}, {a.b}): "
+          + ", ".join(f"{x} / {y}: {n}" for (x, y), n in sorted(differ.items())))
+
+
 def replies_by_context(folder: Path) -> dict[str, tuple[str, str]]:
     """id -> (the context's text block, the reply) of a round's replies.txt."""
     out = {}
@@ -241,6 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     cy.add_argument("folder", help="the round to label")
     cy.add_argument("--source", required=True, nargs="+", help="the labelled rounds")
     cy.set_defaults(fn=carry)
+    cp = sub.add_parser("compare", help="system A against system B on a labelled round: paired difference, "
+                        "bootstrap interval")
+    cp.add_argument("folder", help="the round's folder")
+    cp.add_argument("a", help="a system of the round (e.g. app_default)")
+    cp.add_argument("b", help="another system of the round (e.g. idk_ok_bot)")
+    cp.add_argument("--resamples", type=int, default=5000)
+    cp.add_argument("--seed", type=int, default=0)
+    cp.set_defaults(fn=compare)
     m = sub.add_parser("samples", help="print a system's replies to n evenly spaced contexts (uncurated)")
     m.add_argument("folder", help="the round's folder")
     m.add_argument("--system", default="app_default")

@@ -47,3 +47,24 @@ def test_carry_labels_the_same_reply_in_the_same_conversation_alike(tmp_path):
     texts = blind_ssa.replies_by_context(tmp_path / "b")
     assert sorted(carried.values()) == ["-", "s"] and set(carried) == set(texts)
     assert carried[next(r for r, (_, t) in texts.items() if t == "I don't know.")] == "s"
+
+
+def test_compare_pairs_two_systems_by_context(tmp_path, capsys):
+    """Two systems on three contexts: A's replies worth 1, 0.5, 1 and B's 0.5, 0.5, 0: +0.5 on average; one
+    context where they say the same thing is not counted among the replies that differ."""
+    folder = tmp_path / "round"
+    folder.mkdir()
+    blocks, key, labels = [], {}, []
+    for n, (context, (ta, la), (tb, lb)) in enumerate([("Hi", ("Hello! Nice day.", "sp"), ("Ok.", "s")),
+                                                       ("I ran", ("Ok.", "s"), ("Ok.", "s")),
+                                                       ("Any pets?", ("A cat, Tom.", "sp"), ("Blue.", "-"))], 1):
+        blocks.append(f"=== {n}\n  user: {context}\n    [a{n}] {ta}\n    [b{n}] {tb}")
+        key.update({f"a{n}": "A", f"b{n}": "B"})
+        labels += [f"a{n} {la}", f"b{n} {lb}"]
+    (folder / "replies.txt").write_text(blind_ssa.PROTOCOL + "\n" + "\n\n".join(blocks) + "\n")
+    (folder / "key.json").write_text(json.dumps({"key": key}))
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+    blind_ssa.main(["compare", str(folder), "A", "B", "--resamples", "200"])
+    out = capsys.readouterr().out
+    assert "A - B on 3 contexts: +0.500" in out
+    assert "replies that differ: 2; label pairs (A, B): sp / -: 1, sp / s: 1" in out
