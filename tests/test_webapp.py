@@ -126,6 +126,24 @@ def test_python_m_webapp_loads_the_chat_model_first_and_the_others_after_the_fir
     assert loaded == ["chat", "lm", "sentiment"]
 
 
+def test_python_m_webapp_skips_streamlits_scan_for_custom_components(monkeypatch):
+    """Streamlit's Runtime scans every installed distribution for custom components as it starts (0.14 s
+    before the server answers); the app uses none, so its launcher turns the scan off."""
+    from streamlit.components.v2 import component_manager, manifest_scanner
+
+    from webapp.__main__ import skip_component_scan
+
+    manager = component_manager.BidiComponentManager
+    monkeypatch.setattr(manager, "discover_and_register_components", manager.discover_and_register_components)
+    scans = []
+    monkeypatch.setattr(manifest_scanner, "scan_component_manifests", lambda *a, **k: scans.append(1) or [])
+    manager().discover_and_register_components(start_file_watching=False)
+    assert scans == [1]  # Streamlit's own behaviour, which the skip relies on knowing
+    skip_component_scan()
+    manager().discover_and_register_components(start_file_watching=False)
+    assert scans == [1]
+
+
 def test_a_long_chat_keeps_only_its_last_messages_and_says_so(checkpoints, monkeypatch):
     import ui
 
