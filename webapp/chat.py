@@ -22,10 +22,12 @@ st.title("Chat")
 # The chat box first (Streamlit pins it to the bottom wherever it is called): on a cold start it shows while the
 # model is still loading, and a message sent meanwhile waits for the load instead of for the page
 prompt = st.chat_input(f"Say something (up to {MAX_MESSAGE_CHARS:,} characters)")
-if "chat" not in st.session_state:
+if "chat-box-sent" not in st.session_state:
     # A session's first run: a pause that lets the server send the box on its own. Sent in one batch with the
-    # sidebar's sliders, it showed only once the browser had drawn them all, 0.5 s later (bench/cold_start.py)
+    # sidebar's sliders, it showed only once the browser had drawn them all, 0.5 s later (bench/cold_start.py).
+    # Once a session: a message sent during the first run reruns the page at once, and pays no second pause
     time.sleep(BOX_FIRST_S)
+    st.session_state["chat-box-sent"] = True
 
 # The library only now (`ui` does not import it): on a cold start torch's import is still under way, and the box
 # above is on its way to the browser meanwhile
