@@ -9,7 +9,9 @@ into CHECKPOINT/metrics.json under "CORPUS:SPLIT" (or writes it to --output).
   sentiment  accuracy, macro_f1, confusion (binary, neutral ratings dropped), pearson of the rating head
              baselines: Naive Bayes bag of words (nltk, same train split), the VADER lexicon
   chat       f1 (ParlAI), bleu, distinct_1/2, token/word perplexity of the reference replies, context_gain
-             (reply NLL after another row's context minus after its own, nats a token), hits_at_1 (the true
+             (reply NLL after another row's context minus after its own, nats a token; the other row is a
+             seeded derangement of the evaluated rows: training's val_context_gain takes the previous row of
+             each validation batch instead, so the two differ a little), hits_at_1 (the true
              reply among 20, ranked by the app's ranking score: nlp.ranking)
              baselines: TF-IDF retrieval (nearest training context -> its reply), the most frequent reply,
              TF-IDF ranking (the same 20 candidates by cosine with the context)

@@ -165,8 +165,9 @@ class ChatTask(Task):
         With `context_contrast` > 0, a hinge term asks each reply to be likelier (mean log-probability per token)
         under its own context than under another row's by `context_margin` nats: the generator itself, not only
         the head, learns to prefer the reply that fits. The validation loss is the reply NLL alone; validation
-        also sums the ranking accuracy, the context gain (the NLL with each context swapped for another row's,
-        minus the NLL with its own) and the replies' words (for the word perplexity, issue 11's other bar)."""
+        also sums the ranking accuracy, the context gain (the NLL with each context swapped for the previous
+        row's of its batch, minus the NLL with its own; `eval`'s context_gain swaps by a seeded derangement)
+        and the replies' words (for the word perplexity, issue 11's other bar)."""
         cfg, b = self.cfg, self.to_device(batch)
         src, src_len = b["src"], b["src_len"]
         B = src.shape[0]

@@ -13,7 +13,7 @@ st.title("Models")
 st.caption("Every number here comes from the files in the checkpoint folder: its training log and the "
            "metrics.json that `python -m nlp eval --record` wrote.")
 
-CONTEXT_CURVES = {"val_context_gain": "context gain (nats a token)",
+CONTEXT_CURVES = {"val_context_gain": "context gain vs the previous row's context (nats a token)",
                   "val_rank_accuracy": "next-reply accuracy (among a batch's replies)"}
 
 
