@@ -143,15 +143,26 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
             yield reply.text
             return
         if cfg.strategy == "sample" and cfg.num_candidates > 1:  # rank candidates: the best comes at once
-            reply.candidates = ranked_candidates(ck, ids, history[-1], cfg, generator, source, index)
-            best = reply.candidates[0]
-            if source == "retrieved" and index is not None and not fits(best, min_match, min_similarity):
+            cands = gather_candidates(ck, ids, history[-1], cfg, generator, source, index)
+            gated = source == "retrieved" and index is not None
+            if gated and not any(fits(c, min_match, min_similarity) for c in cands):
+                # the ranked-first cannot fit when none does: the plain reply, shown before the ranking
+                best = None
+            else:
+                reply.candidates = rank_candidates(ck, ids, cands)
+                best = reply.candidates[0]
+                if gated and not fits(best, min_match, min_similarity):
+                    best = None
+            if best is None:
                 text = plain_reply(history[-1])
                 best = {"text": text, "ids": ck.tokenizer.encode(text), "source": "plain"}
             reply.text, reply.source, reply.corpus = best["text"], best["source"], best.get("corpus", "")
             reply.reply_tokens = ck.tokenizer.pieces(best["ids"])
             yield reply.text
-            # after the text, which need not wait for it (the stream ends once the attention map is in)
+            # after the text, which need not wait for them (the stream ends once they are in): the candidates'
+            # scores when the text did not need them, and the attention map
+            if not reply.candidates:
+                reply.candidates = rank_candidates(ck, ids, cands)
             reply.attention = [[round(float(w), 4) for w in row]
                                for row in reply_attention(ck.model, ids, best["ids"])]
             return
@@ -171,14 +182,12 @@ def chat_reply(ck: Checkpoint, history: list[str], cfg: GenerationConfig,
     return reply
 
 
-def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: GenerationConfig,
+def gather_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: GenerationConfig,
                       generator: torch.Generator | None, source: str, index: ReplyIndex | None) -> list[dict]:
-    """The candidates of one reply, best first: {"text", "ids", "score", "source", "corpus"?, "match"?,
+    """The candidates of one reply, not yet scored: {"text", "ids", "source", "corpus"?, "match"?,
     "similarity"?}. Generated ones are sampled and cut as sample-and-rank does; retrieved ones are the index's
     hits for the message, each with the BM25 match and (with an index that stores them) the similarity in
-    meaning of the context turn it answered to the message (nlp.ranking.context_similarity). With the
-    checkpoint's ranker all are scored by it; without one by the older score (generated only: that score was
-    never tuned to compare human replies)."""
+    meaning of the context turn it answered to the message (nlp.ranking.context_similarity)."""
     cands: list[dict] = []
     if index is not None and source != "generated":
         hits = index.search(message, RETRIEVED_CANDIDATES)
@@ -193,6 +202,13 @@ def ranked_candidates(ck: Checkpoint, ids: list[int], message: str, cfg: Generat
                                  Overlap.of(ck.tokenizer))[0]
         cands += [{"text": decode_text(ck.tokenizer, c["ids"]), "ids": c["ids"], "source": "generated",
                    **{k: v for k, v in c.items() if k != "ids"}} for c in ranked]
+    return cands
+
+
+def rank_candidates(ck: Checkpoint, ids: list[int], cands: list[dict]) -> list[dict]:
+    """`gather_candidates`' output best first, each with its "score": with the checkpoint's ranker all are
+    scored by it; without one, the generated ones keep the older score sample-and-rank gave them (that score
+    was never tuned to compare human replies)."""
     if ck.ranker is None:
         generated = [c for c in cands if c["source"] == "generated"]
         return generated or cands

@@ -205,6 +205,30 @@ def test_a_reply_whose_context_means_something_else_gives_way_to_a_plain_reply(s
     assert statement.source == "plain" and statement.text == "Ok."
 
 
+def test_a_plain_reply_is_shown_before_its_candidates_are_ranked(served, monkeypatch):
+    """When no candidate's context means what the message says, the ranked-first cannot either: the plain reply
+    comes without waiting for the ranker, and the ranked candidates follow before the stream ends."""
+    import nlp.serve as serve
+
+    ck = open_checkpoint(served, task="chat")
+    index = open_index(ck)
+    message = load_corpus(str(CHAT))["train"]["context"][5][-1]
+    cfg = GenerationConfig(num_candidates=3, max_new_tokens=6)
+    calls = []
+    real = serve.candidate_scores
+    monkeypatch.setattr(serve, "candidate_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reply = chat_reply(ck, [message + "?"], cfg, make_generator(0), index=index, min_similarity=1.01)
+    assert next(reply.stream) == "I don't know." and not calls and not reply.candidates
+    "".join(reply.stream)
+    assert calls == [1] and reply.candidates[0]["source"] == "retrieved"
+    scores = [c["score"] for c in reply.candidates]
+    assert scores == sorted(scores, reverse=True)
+    # a candidate that fits needs the ranking before its text
+    lenient = chat_reply(ck, [message], cfg, make_generator(0), index=index, min_similarity=-1.0)
+    next(lenient.stream)
+    assert calls == [1, 1] and lenient.text == lenient.candidates[0]["text"]
+
+
 def test_a_context_turn_is_most_similar_to_itself(served):
     from nlp.ranking import context_similarity
 
