@@ -50,6 +50,7 @@ A line of labels.txt is `ID sp` (sensible and specific), `ID s` (sensible only) 
 """
 SYSTEMS = ("app_default", "generated_only", "retrieved_only", "both_ranked", "tfidf_top1", "idk_ok_bot")
 LABEL = re.compile(r"^(\w+)\s+(sp|s|-)\s*$")
+VALUE = {"sp": 1.0, "s": 0.5, "-": 0.0}  # a reply's share of SSA: (sensible + specific) / 2
 
 
 def idk_ok(context: list[str]) -> str:
@@ -185,9 +186,8 @@ def compare(a) -> None:
     pairs: dict[str, dict[str, tuple[str, str]]] = {}
     for rid, (context, text) in replies_by_context(folder).items():
         pairs.setdefault(context, {})[key[rid]] = (text, labels[rid])
-    value = {"sp": 1.0, "s": 0.5, "-": 0.0}
     both = [p for p in pairs.values() if a.a in p and a.b in p]
-    diff = [value[p[a.a][1]] - value[p[a.b][1]] for p in both]
+    diff = [VALUE[p[a.a][1]] - VALUE[p[a.b][1]] for p in both]
     rng = random.Random(a.seed)
     means = sorted(sum(rng.choices(diff, k=len(diff))) / len(diff) for _ in range(a.resamples))
     low, high = means[int(0.025 * a.resamples)], means[int(0.975 * a.resamples) - 1]
@@ -211,16 +211,25 @@ def replies_by_context(folder: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def known_labels(rounds: list[Path]) -> dict[tuple[str, str], str]:
+    """(conversation, reply), both stripped, -> label over the labelled rounds (a round's replies.txt and
+    labels.txt; a later round's label wins)."""
+    known = {}
+    for folder in rounds:
+        labels = read_labels(folder / "labels.txt")
+        for rid, (context, text) in replies_by_context(folder).items():
+            if rid in labels:
+                known[(context.strip(), text.strip())] = labels[rid]
+    return known
+
+
 def carry(a) -> None:
     """`carry`: label a round's replies that earlier, labelled rounds hold word for word in the same
     conversation with the label given there (the same judgement of the same reply); the rest stay unlabelled."""
-    new, known = Path(a.folder), {}
-    for old in map(Path, a.source):
-        given = read_labels(old / "labels.txt")
-        known.update({pair: given[rid] for rid, pair in replies_by_context(old).items() if rid in given})
+    new, known = Path(a.folder), known_labels([Path(s) for s in a.source])
     lines, carried = [], 0
-    for rid, pair in replies_by_context(new).items():
-        label = known.get(pair, "")
+    for rid, (context, text) in replies_by_context(new).items():
+        label = known.get((context.strip(), text.strip()), "")
         carried += bool(label)
         lines.append(f"{rid} {label}".rstrip() + "\n")
     (new / "labels.txt").write_text("".join(lines))

@@ -30,21 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from blind_ssa import PROTOCOL, conversation, read_labels, replies_by_context  # noqa: E402
+from blind_ssa import PROTOCOL, VALUE, conversation, known_labels  # noqa: E402
 
-VALUE = {"sp": 1.0, "s": 0.5, "-": 0.0}  # a reply's share of SSA: (sensible + specific) / 2
 THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9)
-
-
-def known_labels(rounds: list[Path]) -> dict[tuple[str, str], str]:
-    """(conversation, reply) -> label over the rounds (a round's replies.txt and labels.txt)."""
-    known = {}
-    for folder in rounds:
-        labels = read_labels(folder / "labels.txt")
-        for rid, (context, text) in replies_by_context(folder).items():
-            if rid in labels:
-                known[(context.strip(), text.strip())] = labels[rid]
-    return known
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
